@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
 
@@ -72,3 +73,13 @@ def test_seeding_is_reproducible_and_per_rank_offset():
     a = torch.rand(3)
     seed_everything(7)
     assert torch.equal(a, torch.rand(3))
+
+
+def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
+    from common.distributed import resolve_device
+    from common.errors import UserError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="--device cpu"):
+        resolve_device("cuda")
+    assert resolve_device(None) == torch.device("cpu")
