@@ -48,13 +48,13 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 from tqdm import tqdm
 
 from adn.engine import evaluate, evaluate_all_skip_cfgs, train_one_epoch
 from adn.flops import count_executed_macs, count_readme_flops, readme_convention
 from adn.models import MODELS, create_model
+from common.config import load_yaml
 from common.errors import UserError, run_cli
 
 PAPER_TABLE = Path(__file__).resolve().parent / "paper_tables" / "adn.yaml"
@@ -81,11 +81,8 @@ def load_paper_table(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise AdnTableError(f"paper table {path} does not exist (the default is {PAPER_TABLE})")
-    try:
-        table = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise AdnTableError(f"paper table {path} is not valid YAML: {err}") from None
-    if not isinstance(table, dict) or not isinstance(table.get("rows"), list) or not table["rows"]:
+    table = load_yaml(path)
+    if not isinstance(table.get("rows"), list) or not table["rows"]:
         raise AdnTableError(f"paper table {path} needs a non-empty 'rows' list")
     try:
         table["tolerance"] = {"gflops_abs": float(table["tolerance"]["gflops_abs"])}

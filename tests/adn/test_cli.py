@@ -22,15 +22,6 @@ TINY = ["--dataset", "digits", "--model", "resnet_adn_cifar", "--device", "cpu",
         "-j", "0", "--lr", "0.05"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """In-process runs use one thread too: on 2 shared cores, OpenMP threads waiting on each other cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _env(tmp: Path, **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp}/mlflow.db"

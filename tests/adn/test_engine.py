@@ -26,15 +26,6 @@ from adn.models import create_model
 from adn.optim import ExponentialMovingAverage
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on 2 shared cores, OpenMP threads waiting on each other make these small steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _tiny_resnet(seed: int = 0, dtype=torch.float32) -> nn.Module:
     torch.manual_seed(seed)
     return create_model("resnet_adn_cifar", num_classes=10, width=8).to(dtype)
