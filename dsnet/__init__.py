@@ -1,1 +1,1 @@
-"""DS-Net: dynamic slimmable networks (Li et al., CVPR 2021). Implementation tracked in issue 4."""
+"""DS-Net: dynamic slimmable networks (Li et al., CVPR 2021), see dsnet/README.md."""
