@@ -20,17 +20,19 @@ def sample_gumbel(logits: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, noise: bool = True
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gumbel-softmax with a straight-through hard one-hot (Sec. 3.2).
 
-    Returns ``(y_soft, st, index)``: the probabilities ``softmax((logits + g) / tau)``, the one-hot of their
-    argmax whose gradient is that of ``y_soft``, and the argmax. ``noise=False`` uses ``g = 0``.
+    Returns ``(y_soft, st, index, scores)``: the probabilities ``softmax(scores)`` of the noisy scores
+    ``(logits + g) / tau``, the one-hot of their argmax whose gradient is that of ``y_soft``, the argmax, and the
+    scores. ``noise=False`` uses ``g = 0``.
     """
     gumbels = sample_gumbel(logits) if noise else torch.zeros_like(logits)
-    y_soft = ((logits + gumbels) / tau).softmax(dim=1)
+    scores = (logits + gumbels) / tau
+    y_soft = scores.softmax(dim=1)
     index = y_soft.argmax(dim=1)
     y_hard = F.one_hot(index, logits.size(1)).to(y_soft.dtype)
-    return y_soft, y_hard - y_soft.detach() + y_soft, index
+    return y_soft, y_hard - y_soft.detach() + y_soft, index, scores
 
 
 class MultiHeadGate(nn.Module):
@@ -61,8 +63,8 @@ class MultiHeadGate(nn.Module):
     def route(self, x_reduced: torch.Tensor, choices: tuple[int, ...], noise: bool = True) -> Route:
         """The slimming head's decision over the routing space ``choices`` (one route per gate output)."""
         logits = self.gate(x_reduced).flatten(1)
-        y_soft, st, index = gumbel_softmax(logits, noise=noise)
-        return Route(st=st, index=index, y_soft=y_soft, choices=choices)
+        y_soft, st, index, scores = gumbel_softmax(logits, noise=noise)
+        return Route(st=st, index=index, y_soft=y_soft, scores=scores, choices=choices)
 
 
 class DSDepthwiseSeparable(nn.Module):

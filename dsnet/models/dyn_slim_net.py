@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsnet.models.blocks import DSStage, MultiHeadGate
-from dsnet.models.ops import DSAdaptiveAvgPool2d, DSBatchNorm2d, DSConv2d, DSLinear, Route
+from dsnet.models.ops import DSAdaptiveAvgPool2d, DSBatchNorm2d, DSConv2d, DSLinear
 
 __all__ = ["CHOICES_CFGS", "MODES", "DSNet"]
 
@@ -125,7 +125,8 @@ class DSNet(nn.Module):
         if self.mode == "dynamic":
             raise ValueError("the dynamic mode has per-sample widths; see DSNet.route")
         stem = self.conv_stem.out_channels_list[self.stem_choice]
-        return [stem] + [stage.first_block.out_channels_list[c] for stage, c in zip(self.blocks, self.stage_choices)]
+        stages = zip(self.blocks, self.stage_choices, strict=True)
+        return [stem] + [stage.first_block.out_channels_list[c] for stage, c in stages]
 
     def get_gate(self) -> nn.ModuleList:
         """The slimming heads: the only parameters Stage II optimises."""
@@ -138,7 +139,7 @@ class DSNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Static modes: every stage at its width."""
         x = self.forward_stem(x)
-        for stage, choice in zip(self.blocks, self.stage_choices):
+        for stage, choice in zip(self.blocks, self.stage_choices, strict=True):
             x = stage(x, choice)
         return x
 
@@ -158,7 +159,7 @@ class DSNet(nn.Module):
     def forward_dynamic(self, x: torch.Tensor) -> torch.Tensor:
         """Gate-routed forward (Sec. 3.2). Sets ``self.route``; masked with gradients, sliced per route without."""
         x = self.forward_stem(x)
-        for stage, choice in zip(self.blocks[:self.gate_stage], self.stage_choices):
+        for stage, choice in zip(self.blocks[:self.gate_stage], self.stage_choices[:self.gate_stage], strict=True):
             x = stage(x, choice)
         gated = self.blocks[self.gate_stage].first_block
         x, x_reduced = gated.forward_pre_gate(x)

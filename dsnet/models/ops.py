@@ -28,12 +28,14 @@ class Route:
 
     ``st`` is the straight-through one-hot ``[B, R]`` over the routing space ``choices`` (indices into every
     width list, e.g. ``(0, 1, 2, 3)`` for the released model's four slimmest sub-networks); ``index`` is the
-    chosen route per sample and ``y_soft`` the Gumbel-softmax probabilities.
+    chosen route per sample, ``y_soft`` the Gumbel-softmax probabilities and ``scores`` the noisy logits
+    ``(logits + g) / tau`` they are the softmax of.
     """
 
     st: torch.Tensor
     index: torch.Tensor
     y_soft: torch.Tensor
+    scores: torch.Tensor
     choices: tuple[int, ...]
 
     def widths(self, channels_list: Sequence[int]) -> torch.Tensor:
