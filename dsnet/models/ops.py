@@ -39,9 +39,13 @@ class Route:
     choices: tuple[int, ...]
 
     def widths(self, channels_list: Sequence[int]) -> torch.Tensor:
-        """The per-sample width ``st @ [channels_list[c] for c in choices]``: differentiable in ``st``."""
-        table = torch.tensor([float(channels_list[c]) for c in self.choices], device=self.st.device)
-        return self.st @ table.to(self.st.dtype)
+        """The per-sample width ``st @ [channels_list[c] for c in choices]``: differentiable in ``st``.
+
+        In float64, so that MAdds built from it are exact integers for a one-hot ``st``.
+        """
+        table = torch.tensor([float(channels_list[c]) for c in self.choices], dtype=torch.float64,
+                             device=self.st.device)
+        return self.st.double() @ table
 
     def channel_mask(self, channels_list: Sequence[int], num_channels: int) -> torch.Tensor:
         """``[B, C]``: ``mask[b, c] = sum_k st[b, k] * [c < w_k]``, the masks of all routes mixed by ``st``."""
