@@ -41,11 +41,13 @@ class Route:
     def widths(self, channels_list: Sequence[int]) -> torch.Tensor:
         """The per-sample width ``st @ [channels_list[c] for c in choices]``: differentiable in ``st``.
 
-        In float64, so that MAdds built from it are exact integers for a one-hot ``st``.
+        In float64 (also under autocast, where half precision would overflow the MAdds built from it), so that
+        they are exact integers for a one-hot ``st``.
         """
         table = torch.tensor([float(channels_list[c]) for c in self.choices], dtype=torch.float64,
                              device=self.st.device)
-        return self.st.double() @ table
+        with torch.autocast(self.st.device.type, enabled=False):
+            return self.st.double() @ table
 
     def channel_mask(self, channels_list: Sequence[int], num_channels: int) -> torch.Tensor:
         """``[B, C]``: ``mask[b, c] = sum_k st[b, k] * [c < w_k]``, the masks of all routes mixed by ``st``."""
