@@ -110,6 +110,17 @@ class DSNet(nn.Module):
         self.stage_choices = [trunk if i < self.gate_stage else head for i in range(len(self.blocks))]
         self.stem_choice = trunk
 
+    def configurations(self) -> list[str]:
+        """The evaluated sub-networks by name, ``'0'`` ... ``'13'`` (the README table; repository vocabulary)."""
+        return [str(c) for c in range(self.num_choices)]
+
+    def set_configuration(self, name: str) -> None:
+        """A sub-network by name (``'0'`` ... ``'13'`` = ``uniform`` with that choice) or a mode name."""
+        if name.isdigit():
+            self.set_mode("uniform", int(name))
+        else:
+            self.set_mode(name)
+
     def set_routing_space(self, choices: Sequence[int]) -> None:
         """The sub-networks the gate's four routes select (Stage II; spec Sec. 3). The released model uses the
         four slimmest, ``(0, 1, 2, 3)`` = ``start_chn_idx`` 0; any four choices work here."""

@@ -58,6 +58,11 @@ def test_modes_and_widths():
         model.set_mode("random")
     with pytest.raises(ValueError, match="outside 0..13"):
         model.set_mode("uniform", 14)
+    assert model.configurations() == [str(c) for c in range(14)]
+    model.set_configuration("7")
+    assert (model.mode, model.choice, model.widths()[-1]) == ("uniform", 7, 104)
+    model.set_configuration("largest")
+    assert model.mode == "largest"
     model.set_mode("dynamic")
     with pytest.raises(ValueError, match="per-sample widths"):
         model.widths()
