@@ -181,9 +181,12 @@ def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.de
     """Re-estimate every width's BN statistics (spec Sec. 5).
 
     All statistics are reset, then each training batch runs through the ``num_choice`` uniform sub-networks in
-    train mode (momentum 0.1, so the estimates are moving averages), for ``max_batches`` batches. With
-    ``include_largest`` the ``largest`` widths are recalibrated too (the original leaves them reset: quirk 11).
-    Under torchrun the statistics are then averaged (``reduce``) or broadcast from rank 0 across processes.
+    train mode (momentum 0.1, so the estimates are moving averages), for ``max_batches`` batches. The original
+    stops after at most one pass over the loader; here the loader is repeated until ``max_batches`` batches ran,
+    which is the same on ImageNet (1001 batches are a fraction of an epoch) and keeps a small dataset's estimates
+    from staying close to the reset values. With ``include_largest`` the ``largest`` widths are recalibrated too
+    (the original leaves them reset: quirk 11). Under torchrun the statistics are then averaged (``reduce``) or
+    broadcast from rank 0 across processes.
     """
     core = unwrap_model(model)
     for m in core.modules():
@@ -191,14 +194,19 @@ def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.de
             m.reset_running_stats()
     core.train()
     modes = [("uniform", c) for c in range(num_choice)] + ([("largest", None)] if include_largest else [])
+    bar = tqdm(total=max_batches, desc="BN recalibration", leave=False, dynamic_ncols=True,
+               disable=not is_main_process())
     with torch.no_grad():
-        for batch_idx, (images, _) in enumerate(_progress(loader, "BN recalibration")):
-            if batch_idx >= max_batches:
-                break
-            images = images.to(device, non_blocking=True)
-            for mode, choice in modes:
-                core.set_mode(mode, choice)
-                core(images)
+        while bar.n < max_batches:
+            for images, _ in loader:
+                images = images.to(device, non_blocking=True)
+                for mode, choice in modes:
+                    core.set_mode(mode, choice)
+                    core(images)
+                bar.update()
+                if bar.n >= max_batches:
+                    break
+    bar.close()
     if get_world_size() > 1 and dist_bn in ("reduce", "broadcast"):
         distribute_bn(core, get_world_size(), dist_bn == "reduce")
 

@@ -106,11 +106,13 @@ def test_reset_bn_recalibrates_the_uniform_widths(model, loader):
     assert stem_largest.running_mean.abs().sum() > 0
 
 
-def test_reset_bn_stops_after_max_batches(model, loader):
+@pytest.mark.parametrize("max_batches", [2, 7])
+def test_reset_bn_runs_max_batches(model, loader, max_batches):
+    """Stops after ``max_batches`` batches; a loader shorter than that (3 batches here) is repeated."""
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
-    reset_bn(model, loader, num_choice=3, device=CPU, max_batches=2)
-    assert len(seen) == 2 * 3
+    reset_bn(model, loader, num_choice=3, device=CPU, max_batches=max_batches)
+    assert len(seen) == max_batches * 3
 
 
 def test_gate_target():
