@@ -1,13 +1,11 @@
 """Train and evaluate DS-Net (Li et al., CVPR 2021; spec Sec. 4-8): the original timm-style ``train.py``.
 
 The three stages of the paper (Sec. 3.3), each a config file; every stage's final checkpoint is the next one's
-``--resume``::
+``resume:`` (the configs name the previous stage's output; ``--resume FILE`` for another one)::
 
     python dsnet/train.py /PATH/TO/ImageNet -c dsnet/configs/supernet.yml     # Stage I: slimmable supernet
-    python dsnet/train.py /PATH/TO/ImageNet -c dsnet/configs/reset_bn.yml --resume output/train-slimmable-.../
-                                                                    checkpoint-160.pth.tar   # BN recalibration
-    python dsnet/train.py /PATH/TO/ImageNet -c dsnet/configs/gate.yml --resume output/reset_bn-slimmable-.../
-                                                                    checkpoint-1.pth.tar     # Stage II: the gate
+    python dsnet/train.py /PATH/TO/ImageNet -c dsnet/configs/reset_bn.yml     # BN recalibration
+    python dsnet/train.py /PATH/TO/ImageNet -c dsnet/configs/gate.yml         # Stage II: the gate
     torchrun --nproc_per_node=8 dsnet/train.py ...                            # the same on 8 GPUs
     python dsnet/train.py --dataset digits --model slimmable_mbnet_v1_bn_uniform_tiny ...   # no download
 
