@@ -194,19 +194,19 @@ def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.de
             m.reset_running_stats()
     core.train()
     modes = [("uniform", c) for c in range(num_choice)] + ([("largest", None)] if include_largest else [])
-    bar = tqdm(total=max_batches, desc="BN recalibration", leave=False, dynamic_ncols=True,
-               disable=not is_main_process())
-    with torch.no_grad():
-        while bar.n < max_batches:
+    done = 0
+    with torch.no_grad(), tqdm(total=max_batches, desc="BN recalibration", leave=False, dynamic_ncols=True,
+                               disable=not is_main_process()) as bar:
+        while done < max_batches:
             for images, _ in loader:
                 images = images.to(device, non_blocking=True)
                 for mode, choice in modes:
                     core.set_mode(mode, choice)
                     core(images)
+                done += 1
                 bar.update()
-                if bar.n >= max_batches:
+                if done >= max_batches:
                     break
-    bar.close()
     if get_world_size() > 1 and dist_bn in ("reduce", "broadcast"):
         distribute_bn(core, get_world_size(), dist_bn == "reduce")
 

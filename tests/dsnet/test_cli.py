@@ -135,6 +135,19 @@ def test_resume_stage_one_continues_at_the_next_epoch(stages, tmp_path, capsys):
     assert ckpt["epoch"] == 2
 
 
+def test_two_process_gloo_run_with_bn_recalibration(tmp_path):
+    """Stage I and its BN recalibration under torchrun (2 processes, Gloo); the recalibration repeats the short
+    loader on every rank (a rank that stops early would leave the others waiting for ever)."""
+    args = ["--standalone", "--nproc_per_node", "2", str(SCRIPT), "-c", str(CONFIGS / "supernet.yml")] + TINY + [
+        "--reset_bn_batches", "5", "--dist-bn", "reduce", "--output", str(tmp_path / "out"), "--no-mlflow"]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run"] + args, cwd=tmp_path,
+                            env=_env(tmp_path), capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(_epoch_lines(result.stdout)) == 1  # rank 0 prints
+    ckpt = torch.load(tmp_path / "out" / STAGE_DIRS["supernet"] / "checkpoint-1.pth.tar", weights_only=True)
+    assert ckpt["args"]["world_size"] == 2 and not any(k.startswith("module.") for k in ckpt["state_dict"])
+
+
 # ------------------------------------------------------------------------------------------- ImageFolder
 def _image_folder(root: Path, per_class: dict[str, int]) -> Path:
     generator = torch.Generator().manual_seed(0)
