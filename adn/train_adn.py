@@ -63,7 +63,7 @@ from common.distributed import (
     seed_everything,
     wrap_ddp,
 )
-from common.errors import UserError, run_cli
+from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 
 __all__ = ["evaluate", "get_args_parser", "load_data", "main", "train_one_epoch"]
@@ -364,18 +364,11 @@ def _train(net, model, model_ema, criterion, optimizer, lr_scheduler, scaler, tr
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-class _ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors, so ``run_cli`` prints them as one line (exit 2)."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The original ``train_adn.py`` flags with their defaults, plus ADN's additions (see adn/README.md)."""
-    parser = _ArgumentParser(prog=PROG, add_help=add_help,
-                             description="ADN (adaptive depth networks with skippable sub-paths): self-distillation "
-                                         "training and evaluation, after the torchvision classification reference.")
+    parser = ArgumentParser(prog=PROG, add_help=add_help,
+                            description="ADN (adaptive depth networks with skippable sub-paths): self-distillation "
+                                        "training and evaluation, after the torchvision classification reference.")
     add_config_argument(parser)
     add = parser.add_argument
     # ADN: the self-distillation objective (spec Sec. b)
@@ -487,19 +480,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parse_args_with_config(get_args_parser(), argv)
 
 
-def _one_line(message: str) -> str:
-    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
-
-
 def cli(argv: Sequence[str] | None = None) -> None:
     """Entry point: parse, run, and turn every UserError into one line on stderr with exit status 2."""
-    def run() -> None:
-        try:
-            main(parse_args(argv))
-        except UserError as err:
-            raise UserError(_one_line(str(err))) from None
-
-    run_cli(run, prog=PROG)
+    run_cli(lambda: main(parse_args(argv)), prog=PROG)
 
 
 if __name__ == "__main__":

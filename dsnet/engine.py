@@ -126,18 +126,19 @@ def _drop_zero_grads(optimizer: torch.optim.Optimizer) -> None:
                 p.grad = None
 
 
-def _optimizer_step(optimizer, scaler, model_ema, core) -> None:
-    if scaler is not None:
-        scaler.unscale_(optimizer)
-    _drop_zero_grads(optimizer)
+def _optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None,
+                    drop_zero_grads: bool = False) -> None:
+    """One (AMP-scaled) optimizer step, then zero gradients; Stage I first drops all-zero gradients."""
+    if drop_zero_grads:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        _drop_zero_grads(optimizer)
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
     else:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    if model_ema is not None:
-        model_ema.update(core)
 
 
 def train_epoch_slim(epoch: int, model: nn.Module, loader: Any, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
@@ -160,7 +161,9 @@ def train_epoch_slim(epoch: int, model: nn.Module, loader: Any, optimizer: torch
                              optimizer_step=optimizer_step, scaler=scaler, amp=args.amp, seed=seed)
         seed += len(SANDWICH)
         if batch_idx == last or (batch_idx + 1) % optimizer_step == 0:
-            _optimizer_step(optimizer, scaler, model_ema, core)
+            _optimizer_step(optimizer, scaler, drop_zero_grads=True)
+            if model_ema is not None:
+                model_ema.update(core)
         num_updates += 1
         n = images.size(0)
         totals += torch.tensor([step["loss_largest"].item() * n, step["loss_smallest"].item() * n, n],
@@ -278,13 +281,8 @@ def train_epoch_slim_gate(epoch: int, model: nn.Module, loader: Any, optimizer: 
                          sgs_on_logits=args.sgs_on_logits, amp=args.amp)
         _backward(step["loss"] / optimizer_step, scaler)
         if batch_idx == last or (batch_idx + 1) % optimizer_step == 0:
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if model_ema is not None:
+            _optimizer_step(optimizer, scaler)
+        if model_ema is not None:  # every batch in Stage II, as the original
             model_ema.update(core)
         num_updates += 1
         n = images.size(0)

@@ -59,7 +59,7 @@ from common.distributed import (
     seed_everything,
     wrap_ddp,
 )
-from common.errors import UserError, run_cli
+from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 from dsnet.engine import reset_bn, train_epoch_slim, train_epoch_slim_gate, validate_gate, validate_slim
 from dsnet.madds import madds, mode_widths
@@ -698,13 +698,6 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 # ------------------------------------------------------------------------------------------------ arguments
-class _ArgumentParser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are UserErrors, so ``run_cli`` prints them as one line (exit 2)."""
-
-    def error(self, message: str):
-        raise UserError(f"{message} (see --help)")
-
-
 CONFIG_KEYS_HELP = """\
 config-only keys (the original's configs set them; no flags):
   num_choice INT        sub-networks recalibrated and evaluated at the end: uniform choices 0..num_choice-1
@@ -722,10 +715,10 @@ trained) with last.pth.tar, model_best.pth.tar, checkpoint-<epoch>.pth.tar, summ
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The original ``train.py`` flags with their defaults (spec Sec. 8), plus the additions of dsnet/README.md."""
-    parser = _ArgumentParser(prog=PROG, add_help=add_help, epilog=CONFIG_KEYS_HELP,
-                             formatter_class=argparse.RawDescriptionHelpFormatter,
-                             description="DS-Net (dynamic slimmable networks): supernet training, BN recalibration "
-                                         "and gate training,\nas the original timm-based train.py.")
+    parser = ArgumentParser(prog=PROG, add_help=add_help, epilog=CONFIG_KEYS_HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            description="DS-Net (dynamic slimmable networks): supernet training, BN recalibration "
+                                        "and gate training,\nas the original timm-based train.py.")
     parser.add_argument("-c", "--config", default="", metavar="FILE",
                         help="YAML file whose keys set the defaults of the flags below (dsnet/configs/*.yml); "
                              "explicit flags still win")
@@ -877,19 +870,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parse_args_with_config(get_args_parser(), argv, extra_keys=CONFIG_ONLY_DEFAULTS)
 
 
-def _one_line(message: str) -> str:
-    return "; ".join(part.strip() for part in message.splitlines() if part.strip())
-
-
 def cli(argv: Sequence[str] | None = None) -> None:
     """Entry point: parse, run, and turn every UserError into one line on stderr with exit status 2."""
-    def run() -> None:
-        try:
-            main(parse_args(argv))
-        except UserError as err:
-            raise UserError(_one_line(str(err))) from None
-
-    run_cli(run, prog=PROG)
+    run_cli(lambda: main(parse_args(argv)), prog=PROG)
 
 
 if __name__ == "__main__":

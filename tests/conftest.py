@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -28,3 +29,13 @@ def shared_dir() -> Path:
 def _isolated_mlflow(monkeypatch, tmp_path_factory):
     """No test writes to the repository's own MLflow store."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread per test: on 2 shared cores, OpenMP threads waiting on each other make the small steps of
+    the tests up to 10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,15 +22,6 @@ REPO = Path(__file__).resolve().parents[2]
 FAST = ["--no-speed", "--no-proxy"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on 2 shared cores, OpenMP threads waiting on each other make small steps much slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
 

@@ -25,7 +25,7 @@ from common.data import (
 from common.data import loader as loader_module
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from common.data.vision import FileListDataset, LongTailSubset, long_tail_counts, long_tail_indices
-from common.errors import UserError, run_cli
+from common.errors import ArgumentParser, UserError, run_cli
 
 EMBEDDED_HINT = "--dataset digits"
 
@@ -605,6 +605,22 @@ def test_run_cli_prints_one_line_and_exits_2(capsys):
     captured = capsys.readouterr()
     assert captured.err == "train: error: no data at /x; use --dataset digits\n"
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+def test_run_cli_joins_a_multi_line_message_and_parser_errors_are_user_errors(capsys):
+    def main():
+        raise UserError("checkpoint does not match:\n  missing: a.weight\n  unexpected: b.weight\n")
+
+    with pytest.raises(SystemExit):
+        run_cli(main, prog="train")
+    assert capsys.readouterr().err == "train: error: checkpoint does not match:; missing: a.weight; unexpected: " \
+                                      "b.weight\n"
+    parser = ArgumentParser(prog="train")
+    parser.add_argument("--epochs", type=int)
+    with pytest.raises(SystemExit) as info:
+        run_cli(parser.parse_args, ["--epochs", "ten"], prog="train")
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("train: error: argument --epochs: invalid int value: 'ten' (see --help)")
 
 
 def test_run_cli_passes_results_and_programming_errors_through():

@@ -13,15 +13,6 @@ from dsnet.models import create_model
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "dsnet"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: on 2 shared cores, OpenMP threads waiting on each other make small steps 10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="session")
 def reference_dir() -> Path:
     """``../shared/reference/dsnet``; skipped when absent on a user's clone, a failure in CI."""
