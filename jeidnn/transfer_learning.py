@@ -1,6 +1,6 @@
 """Fine-tune an ImageNet T2T-ViT on a downstream dataset: JEI-DNN's backbone (spec Sec. d "transfer_learning.py").
 
-    python jeidnn/transfer_learning.py --lr 0.05 --b 64 --dataset cifar10 --num-classes 10 --img-size 224 \\
+    python jeidnn/transfer_learning.py --lr 0.05 --b 64 --num-classes 10 --img-size 224 \\
         --transfer-learning True --weights-path model_weights/71.7_T2T_ViT_7.pth.tar
     python jeidnn/transfer_learning.py --dataset digits --transfer-learning False --epochs 3   # quick mode
     torchrun --nproc_per_node=4 jeidnn/transfer_learning.py ...
@@ -51,7 +51,7 @@ from jeidnn.common_cli import (
     resolve_sizes,
     str_bool,
 )
-from jeidnn.data import DATASETS, build_jeidnn_datasets
+from jeidnn.data import DATASETS, IMG_SIZE, NUM_CLASSES, build_jeidnn_datasets
 from jeidnn.models import MODELS, create_model
 from jeidnn.weights import load_imagenet_pretrained
 
@@ -204,6 +204,19 @@ def _run(args: argparse.Namespace, info) -> dict[str, Any]:
     return {**best, "best": str(folder / BEST_BACKBONE), "last": str(folder / LAST)}
 
 
+def default_dataset(num_classes: int | None, img_size: int | None) -> str:
+    """``--dataset`` left out: the original's cifar100LT, unless ``--num-classes`` names another class count (the
+    README's command passes ``--num-classes 10 --img-size 224`` alone): then the dataset with that many classes
+    whose image size is ``--img-size`` (cifar10 at 224, svhn at 32), else the first such dataset."""
+    if num_classes is None or num_classes == NUM_CLASSES["cifar100LT"]:
+        return "cifar100LT"
+    fits = [name for name, count in NUM_CLASSES.items() if count == num_classes and name != "digits"]
+    if not fits:
+        return "cifar100LT"  # resolve_sizes then says which class counts exist
+    sized = [name for name in fits if img_size is None or IMG_SIZE[name] == img_size]
+    return (sized or fits)[0]
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     """The original ``transfer_learning.py`` flags with their defaults, the README's spellings, and ours."""
     parser = ArgumentParser(prog=PROG, add_help=add_help,
@@ -212,7 +225,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--lr", default=0.01, type=float, help="learning rate of the head (default: %(default)s)")
     add("--wd", default=5e-4, type=float, help="weight decay (default: %(default)s)")
     add("--min-lr", default=2e-4, type=float, help="eta_min of the cosine schedule (default: %(default)s)")
-    add("--dataset", default="cifar100LT", choices=list(DATASETS), help="dataset (default: %(default)s)")
+    add("--dataset", default=None, choices=list(DATASETS),
+        help="dataset (default: cifar100LT, the original's; when only --num-classes is given, the dataset with that "
+             "many classes at --img-size: cifar10 at 224, svhn at 32)")
     add("--arch", default="t2t_vit_7", choices=list(MODELS), help="backbone (default: %(default)s)")
     add("--batch", "--b", default=64, type=int, help="batch size per process (default: %(default)s)")
     add("--resume", "-r", nargs="?", const="auto", default="",
@@ -237,6 +252,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parse_args_with_config(get_args_parser(), argv)
+    if args.dataset is None:
+        args.dataset = default_dataset(args.num_classes, args.img_size)
     if not args.use_mlflow:
         args.no_mlflow = True
     return args

@@ -120,9 +120,11 @@ def test_parameter_groups_train_cls_token_and_norm_in_the_backbone_group():
 def test_original_flag_spellings_parse():
     args = transfer_learning.parse_args(["--lr", "0.05", "--b", "64", "--num-classes", "10", "--img-size", "224",
                                          "--transfer-learning", "True", "--weights-path", "w.pth.tar",
-                                         "--dataset", "cifar10", "--use_mlflow", "False"])
-    assert (args.batch, args.num_classes, args.img_size, args.transfer_learning, args.no_mlflow) == \
-        (64, 10, 224, True, True)
+                                         "--use_mlflow", "False"])
+    assert (args.batch, args.num_classes, args.img_size, args.transfer_learning, args.no_mlflow, args.dataset) == \
+        (64, 10, 224, True, True, "cifar10")  # the README's command names no dataset: 10 classes at 224 px
+    assert transfer_learning.parse_args([]).dataset == "cifar100LT"
+    assert transfer_learning.parse_args(["--num-classes", "10", "--img-size", "32"]).dataset == "svhn"
     args = train_dynn.parse_args(["--ce_ic_tradeoff", "0.15", "--b", "32", "--gate_objective", "zeroOne"])
     assert (args.ce_ic_tradeoff, args.batch, args.dataset, args.num_epoch, args.seed) == (0.15, 32, "cifar10", 10, 322)
 
@@ -133,7 +135,8 @@ def test_original_flag_spellings_parse():
     (DYNN, ["--dataset", "digits", "--bilevel_batch_count", "0"], "--bilevel_batch_count must be at least 1"),
     (DYNN, ["--dataset", "imagenet"], "invalid choice"),
     (TRANSFER, ["--dataset", "cifar10"], "download 71.7_T2T_ViT_7.pth.tar"),
-    (TRANSFER, ["--num-classes", "10", "--transfer-learning", "False"], "add --dataset cifar10"),
+    (TRANSFER, ["--dataset", "svhn", "--num-classes", "100", "--transfer-learning", "False"],
+     "add --dataset cifar100 or --dataset cifar100LT"),
     (TRANSFER, ["--use_mlflow", "maybe"], "expected True or False"),
     (TRANSFER, ["--dataset", "cifar10", "--transfer-learning", "False", "--data-root", "nowhere"], "nowhere"),
 ])
