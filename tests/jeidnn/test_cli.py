@@ -152,3 +152,18 @@ def test_wrong_checkpoint_is_reported(tmp_path):
     torch.save({"net": {"module.head.weight": torch.zeros(3, 3)}, "acc": 1.0, "epoch": 0}, bad)
     result = _run(DYNN, ["--dataset", "digits", "--checkpoint", str(bad), "--no-mlflow"], tmp_path)
     assert result.returncode == 2 and "bad.pth" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_both_scripts_under_two_process_torchrun(tmp_path):
+    """transfer_learning.py then train_dynn.py with 2 Gloo processes (gradients averaged by hand, rank 0 writes)."""
+    def torchrun(script: Path, args: list[str]):
+        return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                               str(script)] + args + ["--no-mlflow", "--max-batches", "3"], cwd=tmp_path,
+                              env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+
+    result = torchrun(TRANSFER, ["--dataset", "digits", "--transfer-learning", "False", "--epochs", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "checkpoint" / "checkpoint_digits_t2t_vit_7" / "best.pth").is_file()
+    result = torchrun(DYNN, ["--dataset", "digits", "--num_epoch", "2", "--max_warmup_epoch", "1"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert list((tmp_path / "checkpoint").glob("checkpoint_digits_t2t_vit_7_confEE/*/checkpoint.pth"))
