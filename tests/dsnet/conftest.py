@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -10,17 +9,11 @@ import torch
 
 from dsnet.models import create_model
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "dsnet"
-
 
 @pytest.fixture(scope="session")
-def reference_dir() -> Path:
-    """``../shared/reference/dsnet``; skipped when absent on a user's clone, a failure in CI."""
-    if not REFERENCE.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{REFERENCE} is missing; CI runs with ../shared beside the checkout")
-        pytest.skip(f"{REFERENCE} is absent")
-    return REFERENCE
+def reference_dir(shared_dir) -> Path:
+    """``../shared/reference/dsnet``: the original's manifests and reference outputs."""
+    return shared_dir / "reference" / "dsnet"
 
 
 @pytest.fixture(scope="session")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -21,16 +18,10 @@ from jeidnn.dynn import (
     warmup_loss,
 )
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "jeidnn" / "ref_t2t_vit_7.pt"
-
 
 @pytest.fixture(scope="module")
-def ref_output():
-    if not REFERENCE.is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{REFERENCE} is missing; CI runs with ../shared beside the checkout")
-        pytest.skip(f"{REFERENCE} is absent")
-    return torch.load(REFERENCE, weights_only=False)["output"]
+def ref_output(ref):
+    return ref["output"]
 
 
 def test_exit_decisions_match_the_original(ref_output):

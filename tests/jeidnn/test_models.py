@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +22,6 @@ from jeidnn.weights import (
     resize_pos_embed,
 )
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "jeidnn"
 VARIANTS = {  # manifest suffix: (arch, num_classes, img_size)
     "7": ("t2t_vit_7", 10, 224),
     "7_c100": ("t2t_vit_7", 100, 224),
@@ -34,15 +31,6 @@ VARIANTS = {  # manifest suffix: (arch, num_classes, img_size)
 }
 EXITS = ("intermediate_heads.", "gates.")
 
-
-@pytest.fixture(scope="module")
-def reference_dir() -> Path:
-    """``../shared/reference/jeidnn``; skipped when absent on a user's clone, a failure in CI."""
-    if not REFERENCE.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{REFERENCE} is missing; CI runs with ../shared beside the checkout")
-        pytest.skip(f"{REFERENCE} is absent")
-    return REFERENCE
 
 
 @pytest.fixture(scope="module")

@@ -6,31 +6,17 @@ in eval mode; ours must match to 1e-5.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 import torch
 
 from jeidnn.cost import normalized_costs, original_mul_add_per_exit
 from jeidnn.models import create_model, sinusoid_table, uncertainty_features
 
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "jeidnn"
 GATE_FEATURES = "gate_input_features_[pmax,entropy,margin,entropy_pow]"
 
 
 def close(actual, expected, name: str = "") -> None:
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=0, msg=name or None)
-
-
-@pytest.fixture(scope="module")
-def ref() -> dict:
-    """The reference file, which loads with ``weights_only=True`` (tensors, lists, floats, ints only)."""
-    if not REFERENCE.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{REFERENCE} is missing; CI runs with ../shared beside the checkout")
-        pytest.skip(f"{REFERENCE} is absent")
-    return torch.load(REFERENCE / "ref_t2t_vit_7.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")
