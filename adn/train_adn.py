@@ -54,15 +54,7 @@ from adn.weights import load_weights
 from common.checkpoint import resume, save_checkpoint, training_state
 from common.config import add_config_argument, parse_args_with_config
 from common.data import build_dataset, build_loader
-from common.distributed import (
-    DistInfo,
-    cleanup,
-    init_distributed,
-    is_main_process,
-    print_main,
-    seed_everything,
-    wrap_ddp,
-)
+from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 
@@ -194,11 +186,7 @@ def resolve_skip_cfg(model: nn.Module, args: argparse.Namespace) -> tuple[bool, 
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or, with ``--test-only``, evaluate) as the flags say; returns the last results."""
     check_args(args)
-    info = init_distributed(args.device)
-    try:
-        return _run(args, info)
-    finally:
-        cleanup()
+    return run_distributed(lambda info: _run(args, info), args.device)
 
 
 def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,15 @@ def cleanup() -> None:
     """Leave the process group (a no-op when there is none)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def run_distributed(run: Callable[[DistInfo], T], device: str | None = None) -> T:
+    """``run(info)`` inside :func:`init_distributed` / :func:`cleanup`: the ``main`` of every training script."""
+    info = init_distributed(device)
+    try:
+        return run(info)
+    finally:
+        cleanup()
 
 
 def get_rank() -> int:

@@ -50,15 +50,7 @@ from common.checkpoint import (
 )
 from common.config import parse_args_with_config
 from common.data import DataError, build_dataset, build_loader
-from common.distributed import (
-    DistInfo,
-    cleanup,
-    init_distributed,
-    is_main_process,
-    print_main,
-    seed_everything,
-    wrap_ddp,
-)
+from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 from dsnet.engine import reset_bn, train_epoch_slim, train_epoch_slim_gate, validate_gate, validate_slim
@@ -390,11 +382,7 @@ def load_ema_state(model_ema: ModelEmaV2, ckpt: Any, path: str) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the stage the flags describe (spec Sec. 4-6); returns the per-epoch and final results."""
     check_args(args)
-    info = init_distributed(args.device)
-    try:
-        return _run(args, info)
-    finally:
-        cleanup()
+    return run_distributed(lambda info: _run(args, info), args.device)
 
 
 def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from common.checkpoint import CheckpointError, resume, save_checkpoint, training_state
 from common.config import parse_args_with_config
 from common.data import build_loader
-from common.distributed import cleanup, init_distributed, is_main_process, print_main, seed_everything
+from common.distributed import is_main_process, print_main, run_distributed, seed_everything
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 from jeidnn import engine
@@ -124,11 +124,7 @@ def _barely(args: argparse.Namespace) -> tuple[int | None, int | None]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Warm-up then bi-level training, as the flags say; returns the last epoch's results."""
     check_args(args)
-    info = init_distributed(args.device)
-    try:
-        return _run(args, info)
-    finally:
-        cleanup()
+    return run_distributed(lambda info: _run(args, info), args.device)
 
 
 def _run(args: argparse.Namespace, info) -> dict[str, Any]:

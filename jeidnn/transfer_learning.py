@@ -32,11 +32,10 @@ from common.checkpoint import CheckpointError, resume, save_checkpoint, training
 from common.config import parse_args_with_config
 from common.data import build_loader
 from common.distributed import (
-    cleanup,
-    init_distributed,
     is_main_process,
     print_main,
     reduce_weighted_mean,
+    run_distributed,
     seed_everything,
     wrap_ddp,
 )
@@ -127,11 +126,7 @@ def _epoch(model, loader: DataLoader, device, optimizer=None, max_batches: int |
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune as the flags say; returns the best-val result and the checkpoint paths."""
     check_args(args)
-    info = init_distributed(args.device)
-    try:
-        return _run(args, info)
-    finally:
-        cleanup()
+    return run_distributed(lambda info: _run(args, info), args.device)
 
 
 def _run(args: argparse.Namespace, info) -> dict[str, Any]:
