@@ -53,7 +53,7 @@ from adn.sampler import RASampler
 from adn.weights import load_weights
 from common.checkpoint import resume, save_checkpoint, training_state
 from common.config import add_config_argument, parse_args_with_config
-from common.data import build_dataset, build_loader
+from common.data import build_dataset, build_loader, set_epoch
 from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
@@ -121,13 +121,6 @@ def build_loaders(train_set: Dataset | None, val_set: Dataset, num_classes: int,
                                     seed=args.seed, pin_memory=pin, collate_fn=collate)
     return train_loader, val_loader
 
-
-def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    """Make the shuffle of ``epoch`` depend only on (seed, epoch), so a resumed run sees the same order."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    elif loader.generator is not None:
-        loader.generator.manual_seed(seed + epoch)
 
 
 # ------------------------------------------------------------------------------------------------ checks
@@ -313,7 +306,7 @@ def _train(net, model, model_ema, criterion, optimizer, lr_scheduler, scaler, tr
     start = time.time()
     for epoch in range(args.start_epoch, args.epochs):
         epoch_start = time.time()
-        set_loader_epoch(train_loader, epoch, args.seed)
+        set_epoch(train_loader, epoch, args.seed)
         train_metrics = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch, args, model_ema,
                                         scaler)
         lr_scheduler.step()

@@ -246,6 +246,18 @@ class LoadReport:
         return "\n".join(lines)
 
 
+def compare_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "checkpoint"
+                       ) -> LoadReport:
+    """The missing, unexpected and shape-mismatched keys of ``state_dict`` for ``model``, without loading."""
+    own = model.state_dict()
+    report = LoadReport(source=source)
+    report.missing = [k for k in own if k not in state_dict]
+    report.unexpected = [k for k in state_dict if k not in own]
+    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
+                         if k in own and v.shape != own[k].shape]
+    return report
+
+
 def load_state_dict(
     model: nn.Module, state_dict: Mapping[str, torch.Tensor], strict: bool = True, source: str = "checkpoint"
 ) -> LoadReport:
@@ -255,11 +267,7 @@ def load_state_dict(
     the keys that match in name and shape are loaded and the rest are listed in the returned report.
     """
     own = model.state_dict()
-    report = LoadReport(source=source)
-    report.missing = [k for k in own if k not in state_dict]
-    report.unexpected = [k for k in state_dict if k not in own]
-    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state_dict.items()
-                         if k in own and v.shape != own[k].shape]
+    report = compare_state_dict(model, state_dict, source)
     if strict and not report.clean:
         raise CheckpointError(
             f"the checkpoint does not fit this model ({type(model).__name__}); check that --model (or the "

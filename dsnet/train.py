@@ -49,7 +49,7 @@ from common.checkpoint import (
     unwrap_model,
 )
 from common.config import parse_args_with_config
-from common.data import DataError, build_dataset, build_loader
+from common.data import DataError, build_dataset, build_loader, set_epoch
 from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
@@ -167,13 +167,6 @@ def build_loaders(train_set: Dataset, val_set: Dataset, args: argparse.Namespace
                         f"batch of -vb x -b = {big} (incomplete batches are dropped); lower -vb or -b")
     return loader_train, loader_bn, loader_eval
 
-
-def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    """The shuffle of ``epoch`` depends only on (seed, epoch), so a resumed run sees the same order."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    elif loader.generator is not None:
-        loader.generator.manual_seed(seed + epoch)
 
 
 # ------------------------------------------------------------------------------------------------- checks
@@ -515,7 +508,7 @@ class _Run:
             print_main(f"Nothing to train: the run starts at epoch {start_epoch} of {num_epochs}")
         for epoch in range(start_epoch, num_epochs):
             begin = time.time()
-            set_loader_epoch(loader_train, epoch, args.seed)
+            set_epoch(loader_train, epoch, args.seed)
             lr = self.optimizer.param_groups[0]["lr"]
             kwargs = {"device": self.device, "lr_scheduler": self.lr_scheduler, "model_ema": self.model_ema,
                       "scaler": self.scaler}

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 
 from common.checkpoint import CheckpointError, resume, save_checkpoint, training_state
 from common.config import parse_args_with_config
-from common.data import build_loader
+from common.data import build_loader, set_epoch
 from common.distributed import is_main_process, print_main, run_distributed, seed_everything
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
@@ -102,13 +102,6 @@ def backbone_checkpoint(args: argparse.Namespace) -> Path:
             "--checkpoint with a transfer-learning checkpoint (ckpt_{lr}_{wd}_{acc}.pth)")
     return path
 
-
-def set_loader_epoch(loader: DataLoader, epoch: int, seed: int) -> None:
-    """The shuffle of ``epoch`` depends only on (seed, epoch), so a resumed run sees the same order."""
-    if hasattr(loader.sampler, "set_epoch"):
-        loader.sampler.set_epoch(epoch)
-    elif loader.generator is not None:
-        loader.generator.manual_seed(seed + epoch)
 
 
 def _barely(args: argparse.Namespace) -> tuple[int | None, int | None]:
@@ -230,7 +223,7 @@ def _warmup(context, state, train_loader, val_loader, img_size) -> None:
     train_max, eval_max = _barely(args)
     for epoch in range(warm.epochs_done, args.max_warmup_epoch):
         start = time.time()
-        set_loader_epoch(train_loader, epoch, args.seed)
+        set_epoch(train_loader, epoch, args.seed)
         train = engine.warmup_epoch(model, optimizer, train_loader, device, costs.normalized, epoch, train_max,
                                     args.backbone_eval, _log_step(tracker))
         out = engine.collect_outputs(model, val_loader, device, settings, eval_max, "warm-up val")
@@ -265,7 +258,7 @@ def _bilevel(context, state, train_loader, val_loader, test_loader, eval_batch, 
                    f"{args.num_epoch}")
     for epoch in range(first, args.num_epoch):
         start = time.time()
-        set_loader_epoch(train_loader, epoch, args.seed)
+        set_epoch(train_loader, epoch, args.seed)
         train = engine.train_bilevel_epoch(model, optimizer, train_loader, device, settings, epoch, train_max,
                                            args.backbone_eval, _log_step(tracker))
         val_out = engine.collect_outputs(model, val_loader, device, settings, eval_max, "val")

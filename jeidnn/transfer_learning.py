@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, resume, save_checkpoint, training_state
 from common.config import parse_args_with_config
-from common.data import build_loader
+from common.data import build_loader, set_epoch
 from common.distributed import (
     is_main_process,
     print_main,
@@ -169,10 +169,7 @@ def _run(args: argparse.Namespace, info) -> dict[str, Any]:
         tracker.log_params(vars(args))
         for epoch in range(start_epoch, args.epochs):
             start = time.time()
-            if hasattr(train_loader.sampler, "set_epoch"):
-                train_loader.sampler.set_epoch(epoch)
-            elif train_loader.generator is not None:
-                train_loader.generator.manual_seed(args.seed + epoch)
+            set_epoch(train_loader, epoch, args.seed)
             train = _epoch(net, train_loader, device, optimizer, args.max_batches, f"train {epoch}")
             val = _epoch(net, val_loader, device, None, args.max_batches, "val")
             test = _epoch(net, test_loader, device, None, args.max_batches, "test")

@@ -32,7 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from common.checkpoint import CheckpointError, LoadReport, load_checkpoint_file, load_state_dict, select_state_dict
+from common.checkpoint import (
+    CheckpointError,
+    LoadReport,
+    compare_state_dict,
+    load_checkpoint_file,
+    load_state_dict,
+    select_state_dict,
+)
 
 IMAGENET_NUM_CLASSES = 1000
 ARCH_BY_SHAPE = {(7, 256): "t2t_vit_7", (14, 384): "t2t_vit_14"}  # (depth, embed_dim)
@@ -100,12 +107,7 @@ def check_compatible(model: nn.Module, state: Mapping[str, Tensor], source: str,
 def _load(model: nn.Module, state: Mapping[str, Tensor], source: str, allowed_missing: Iterable[str]) -> LoadReport:
     """Load non-strictly, but only when the differences are the expected missing keys (prefixes or names)."""
     allowed = tuple(allowed_missing)
-    own = model.state_dict()
-    report = LoadReport(source=source)
-    report.missing = [k for k in own if k not in state]
-    report.unexpected = [k for k in state if k not in own]
-    report.mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in state.items()
-                         if k in own and v.shape != own[k].shape]
+    report = compare_state_dict(model, state, source)
     unexplained = [k for k in report.missing if not k.startswith(allowed)]
     if unexplained or report.unexpected or report.mismatched:
         raise CheckpointError(f"the checkpoint does not fit {type(model).__name__}; check --arch and --dataset.\n"

@@ -32,7 +32,7 @@ def build_loader(
     """A DataLoader that shuffles (when ``train``) with a seeded generator and shards under ``torchrun``.
 
     When a process group is up, each rank gets a :class:`DistributedSampler` shard (shuffled by ``seed``
-    and the epoch: call :func:`set_epoch` at the start of every epoch). ``drop_last`` defaults to ``train``.
+    and the epoch); call :func:`set_epoch` at the start of every epoch. ``drop_last`` defaults to ``train``.
     """
     drop_last = train if drop_last is None else drop_last
     generator = torch.Generator().manual_seed(seed)
@@ -49,7 +49,10 @@ def build_loader(
                       persistent_workers=num_workers > 0)
 
 
-def set_epoch(loader: DataLoader, epoch: int) -> None:
-    """Reshuffle a distributed loader for ``epoch`` (a no-op for single-process loaders)."""
+def set_epoch(loader: DataLoader, epoch: int, seed: int = 0) -> None:
+    """Make the shuffle of ``epoch`` depend only on ``(seed, epoch)``, so a resumed run sees the same order: the
+    distributed sampler's epoch under ``torchrun``, else the loader's generator reseeded with ``seed + epoch``."""
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(seed + epoch)

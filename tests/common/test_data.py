@@ -500,13 +500,19 @@ def test_drop_last_defaults_to_train(numbers):
     assert build_loader(numbers, batch_size=6, train=False, drop_last=True).drop_last is True
 
 
-def test_set_epoch_is_a_noop_without_process_group(numbers):
+def test_set_epoch_without_process_group_depends_only_on_seed_and_epoch(numbers):
     assert not torch.distributed.is_initialized()
     a = build_loader(numbers, batch_size=4, train=True, seed=2)
     b = build_loader(numbers, batch_size=4, train=True, seed=2)
     assert isinstance(a.sampler, RandomSampler)
-    set_epoch(a, 5)
-    assert _order(a) == _order(b)
+    set_epoch(a, 0, seed=2)
+    epoch0 = _order(a)
+    _order(a)  # a second pass without set_epoch moves the generator on
+    set_epoch(a, 5, seed=2)
+    set_epoch(b, 5, seed=2)
+    assert _order(a) == _order(b) != epoch0
+    set_epoch(a, 0, seed=2)
+    assert _order(a) == epoch0
 
 
 def test_loader_shards_under_a_process_group(numbers, monkeypatch):
