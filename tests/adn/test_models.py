@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,14 +13,11 @@ from adn.models.convert import from_torchvision, from_training_checkpoint, is_sk
 from adn.models.skip import all_skip_cfgs
 
 FULL_SIZE = ["resnet50", "mobilenet_v2", "swin_t", "vit_b_16"]
-REFERENCE = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "adn"
 
 
 @pytest.fixture(scope="module", params=FULL_SIZE)
-def model_and_manifest(request):
-    path = REFERENCE / f"manifest_{request.param}_adn.json"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
+def model_and_manifest(request, shared_dir):
+    path = shared_dir / "reference" / "adn" / f"manifest_{request.param}_adn.json"
     torch.manual_seed(0)
     return request.param, create_model(request.param).eval(), json.loads(path.read_text())
 

@@ -9,13 +9,8 @@ from adn.models import create_model
 
 
 @pytest.fixture(scope="module")
-def reference():
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2].parent / "shared" / "reference" / "adn" / "ref_mobilenet_v2_adn.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} is absent")
-    return torch.load(path, weights_only=True)
+def reference(shared_dir):
+    return torch.load(shared_dir / "reference" / "adn" / "ref_mobilenet_v2_adn.pt", weights_only=True)
 
 
 @pytest.fixture(scope="module")

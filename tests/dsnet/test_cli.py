@@ -21,7 +21,6 @@ from dsnet.train import cli, main, parse_args
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "dsnet" / "train.py"
 CONFIGS = REPO / "dsnet" / "configs"
-REFERENCE = REPO.parent / "shared" / "reference" / "dsnet" / "train_cli_and_configs.json"
 TINY_MODEL = "slimmable_mbnet_v1_bn_uniform_tiny"
 # the tiny supernet on the 1,437 / 360 digits at 8x8 pixels, 12 batches of 128: a few seconds per stage on one thread
 TINY = ["--dataset", "digits", "--model", TINY_MODEL, "--img-size", "8", "-b", "128", "-vb", "2", "--epochs", "1",
@@ -207,10 +206,9 @@ CHAINED = {"mobilenetv1_bn_uniform_reset_bn.yml": f"output/train-slimmable-{FULL
 
 @pytest.mark.parametrize("name", ["mobilenetv1_bn_uniform.yml", "mobilenetv1_bn_uniform_reset_bn.yml",
                                   "mobilenetv1_bn_uniform_gate.yml"])
-def test_original_config_names_give_the_original_namespace(name):
-    if not REFERENCE.is_file():
-        pytest.skip(f"{REFERENCE} is absent")
-    expected = json.loads(REFERENCE.read_text())["configs"][name]["effective_args"]
+def test_original_config_names_give_the_original_namespace(name, reference_dir):
+    original = json.loads((reference_dir / "train_cli_and_configs.json").read_text())
+    expected = original["configs"][name]["effective_args"]
     args = parse_args(["/PATH/TO/ImageNet", "-c", str(CONFIGS / name)])
     for key, value in expected.items():
         if key == "resume" and name in CHAINED:  # the one difference: the stages hand over through resume:
@@ -220,10 +218,8 @@ def test_original_config_names_give_the_original_namespace(name):
     assert (CONFIGS / name).is_symlink() and not os.readlink(CONFIGS / name).startswith("/")
 
 
-def test_every_original_flag_keeps_its_default():
-    if not REFERENCE.is_file():
-        pytest.skip(f"{REFERENCE} is absent")
-    flags = json.loads(REFERENCE.read_text())["cli_flags"]
+def test_every_original_flag_keeps_its_default(reference_dir):
+    flags = json.loads((reference_dir / "train_cli_and_configs.json").read_text())["cli_flags"]
     args = vars(parse_args([]))
     defaults = {f["dest"]: f["default"] for f in flags if f["dest"] != "help"}
     assert len(defaults) == 70
