@@ -62,6 +62,20 @@ def _seed_all(seed: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- Part 1: costs
+CONFIG_KEYS = ("arch", "num_classes", "img_size", "num_params", "mul_add_per_exit", "macs_per_exit")
+
+
+def check_paper_table(table: Any, path: str) -> None:
+    """A non-empty ``configurations`` list whose entries have every key of ``CONFIG_KEYS``, else a UserError."""
+    configs = table.get("configurations") if isinstance(table, dict) else None
+    if not isinstance(configs, list) or not configs:
+        raise UserError(f"paper table {path} needs a non-empty 'configurations' list")
+    for i, cfg in enumerate(configs):
+        missing = [k for k in CONFIG_KEYS if not isinstance(cfg, dict) or k not in cfg]
+        if missing:
+            raise UserError(f"paper table {path}: configuration {i} lacks {', '.join(missing)}")
+
+
 def cost_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
     """Ours against the table for every configuration and exit; ``ok`` is False on any difference."""
     rows = []
@@ -246,6 +260,7 @@ def main(args: argparse.Namespace) -> int:
     if not Path(args.paper_table).is_file():
         raise UserError(f"--paper-table {args.paper_table} does not exist (the default is {PAPER_TABLE})")
     table = load_yaml(args.paper_table)
+    check_paper_table(table, args.paper_table)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.jeidnn_table " + shlex.join(sys.argv[1:])

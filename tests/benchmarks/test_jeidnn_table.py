@@ -43,3 +43,11 @@ def test_missing_paper_table_is_one_line(tmp_path):
     result = _run("--no-proxy", "--paper-table", str(tmp_path / "nope.yaml"))
     assert result.returncode == 2
     assert result.stderr.strip().startswith("jeidnn_table: error: --paper-table") and "Traceback" not in result.stderr
+
+
+def test_malformed_paper_table_is_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("configurations: [{arch: t2t_vit_7}]\n")
+    result = _run("--no-proxy", "--paper-table", str(bad), "--output-dir", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "configuration 0 lacks num_classes" in result.stderr.strip().splitlines()[-1]
