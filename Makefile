@@ -1,17 +1,25 @@
 # make test: create .venv if missing, (re)install the project only when pyproject.toml or
 # constraints.txt changed, then run the default test suite (everything not marked slow).
+# make demo: the same install step, then every paper's table and proxy experiment, and results/README.md.
+# make speed: the same install step, then the realised-vs-ideal speed-ups into results/speed.{csv,md,png}.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test test-slow lint install clean
+.PHONY: test test-slow lint install clean demo speed
 
 test: $(STAMP)
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+demo: $(STAMP)
+	$(PY) -m benchmarks.run_all --quick
+
+speed: $(STAMP)
+	$(PY) -m benchmarks.speed
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

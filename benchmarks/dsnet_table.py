@@ -31,8 +31,9 @@ reduced-width supernet ``slimmable_mbnet_v1_bn_uniform_tiny``, using ``dsnet.eng
   set, the route histogram, and where it lands against the static curve. The default routing spaces are the
   released one, sub-networks 0-3 (``start_chn_idx`` 0), and the wider 0, 4, 9, 13 (on which the original crashes).
 
-Mean ± std over ``--seeds``. Writes ``dsnet.md``, ``dsnet_madds.csv``, ``dsnet_speed.csv``, ``dsnet_proxy.csv``
-and ``dsnet_proxy.png`` to ``--output-dir``.
+Mean ± std over ``--seeds``. Writes ``dsnet.md``, ``dsnet_madds.csv``, ``dsnet_speed.csv``, ``dsnet.csv`` (the
+proxy's top-1 vs MAdds, like ``adn.csv``) and ``dsnet_proxy.png`` to ``--output-dir`` (default ``results``,
+beside the other papers' reports).
 
     python -m benchmarks.dsnet_table                 # all parts, 3 seeds (about 10 minutes on 2 CPU cores)
     python -m benchmarks.dsnet_table --quick         # CI-sized: 1 seed, 1 epoch per stage on a subset
@@ -819,7 +820,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nproxy run on digits:")
         print(format_proxy_table(proxy))
         print("\n".join(proxy_findings(proxy)))
-        _write_csv(output_dir / "dsnet_proxy.csv", proxy_csv_rows(proxy))
+        _write_csv(output_dir / "dsnet.csv", proxy_csv_rows(proxy))
         plot_proxy(proxy, output_dir / "dsnet_proxy.png")
 
     write_markdown(output_dir / "dsnet.md", command, machine, timings, table, results, speed, claims, proxy)
@@ -886,8 +887,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gate-lr", type=float, default=0.08, help="Stage II learning rate (the released config's)")
     parser.add_argument("--routing-spaces", type=_routing_space, nargs="+", default=[(0, 1, 2, 3), (0, 4, 9, 13)],
                         metavar="C0,C1,C2,C3", help="Stage II routing spaces, each 4 sub-network indices")
-    parser.add_argument("--output-dir", default="results/dsnet", help="where dsnet.md, dsnet_madds.csv, "
-                        "dsnet_speed.csv, dsnet_proxy.csv and dsnet_proxy.png go")
+    parser.add_argument("--output-dir", default="results", help="where dsnet.md, dsnet_madds.csv, "
+                        "dsnet_speed.csv, dsnet.csv and dsnet_proxy.png go")
     return parser
 
 

@@ -11,7 +11,8 @@ briefly and frozen, ICs warmed up, then JEI-DNN's bi-level training for every ``
 confidence-threshold baseline on the warmed-up ICs (thresholds chosen on val). Reports the gated accuracy against
 the cost (both counters), the executed MACs and wall-clock of truly early-exiting inference, the dataset-level ECE of
 the predictions (proper probabilities) at matched cost, and the conformal set size at alpha 0.05. Writes
-``jeidnn.md``, ``jeidnn_costs.csv``, ``jeidnn_proxy.csv`` and ``jeidnn_proxy.png`` to ``--output-dir``.
+``jeidnn.md``, ``jeidnn_costs.csv``, ``jeidnn.csv`` (the proxy's accuracy vs cost per lambda, like ``adn.csv``)
+and ``jeidnn_proxy.png`` to ``--output-dir`` (default ``results``).
 
     python -m benchmarks.jeidnn_table                 # both parts (about 3 minutes on one CPU thread)
     python -m benchmarks.jeidnn_table --quick         # CI-sized proxy
@@ -291,7 +292,7 @@ def main(args: argparse.Namespace) -> int:
                      f"{args.warmup_epochs} epochs; bi-level {args.bilevel_epochs} epochs per lambda (phase switch "
                      f"every {args.bilevel} batches); seed {args.seed}. Per-exit test accuracy after warm-up "
                      f"(exits 0..5, final): {per_exit}.\n", proxy_md, "\n![proxy](jeidnn_proxy.png)"]
-        with (out_dir / "jeidnn_proxy.csv").open("w", newline="") as f:
+        with (out_dir / "jeidnn.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=[k for k in proxy["runs"][0] if k != "exits"] + ["exits"])
             writer.writeheader()
             for run in proxy["runs"]:
@@ -306,7 +307,7 @@ def main(args: argparse.Namespace) -> int:
 def get_args_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(prog="jeidnn_table", description=__doc__.split("\n\n")[0])
     parser.add_argument("--paper-table", default=str(PAPER_TABLE), help="the cost table (default: %(default)s)")
-    parser.add_argument("--output-dir", default="results/jeidnn", help="where the report goes (default: %(default)s)")
+    parser.add_argument("--output-dir", default="results", help="where the report goes (default: %(default)s)")
     parser.add_argument("--proxy", action=argparse.BooleanOptionalAction, default=True,
                         help="run the proxy experiment on digits (default: on)")
     parser.add_argument("--quick", action="store_true", help="CI-sized proxy: subsets, one epoch per stage")

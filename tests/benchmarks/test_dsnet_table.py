@@ -125,7 +125,7 @@ def test_quick_run_writes_every_part(tmp_path):
         ("sub-network 0", "1"), ("sub-network 13", "1"), ("largest", "1")]
     assert len(speed) == 10 and all(float(r["images_per_s"]) > 0 for r in speed)
 
-    proxy = _rows(tmp_path / "dsnet_proxy.csv")
+    proxy = _rows(tmp_path / "dsnet.csv")
     static = [r for r in proxy if r["kind"] == "static"]
     dynamic = [r for r in proxy if r["kind"] == "dynamic"]
     assert len(static) == 15 and len(dynamic) == 4  # 14 sub-networks + largest; 2 routing spaces x noise on/off

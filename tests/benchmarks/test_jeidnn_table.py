@@ -34,7 +34,7 @@ def test_cost_table_reproduced_and_drift_fails(tmp_path):
 def test_quick_proxy_writes_the_report(tmp_path):
     result = _run("--quick", "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("jeidnn.md", "jeidnn_costs.csv", "jeidnn_proxy.csv", "jeidnn_proxy.png"):
+    for name in ("jeidnn.md", "jeidnn_costs.csv", "jeidnn.csv", "jeidnn_proxy.png"):
         assert (tmp_path / name).is_file(), name
     assert "threshold baseline" in (tmp_path / "jeidnn.md").read_text()
 

@@ -1,0 +1,302 @@
+"""The combined results report: ``results/README.md`` and the "## Results" section of the top-level README.
+
+Built only from what the benchmark scripts wrote into the results folder: each paper's table against its paper
+(``TABLES``: which CSV, which columns), its plots, and the speed-ups of ``benchmarks/speed.py`` (``speed.csv``),
+with the command that produced them and the machine (CPU model, cores, torch version, GPU if any).
+
+    python -m benchmarks.report                          # rewrite results/README.md from results/
+    python -m benchmarks.report --update-readme          # and the "## Results" section of README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import os
+import platform
+import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.errors import ArgumentParser, UserError, run_cli
+
+README_HEADING = "## Results"
+
+
+Row = tuple[str, float | None, float | None, str]  # label, paper, ours, status
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """Where a paper's "paper vs ours" table lives: a CSV and how one of its rows becomes table rows."""
+
+    title: str
+    csv: str
+    unit: str
+    rows: Callable[[dict[str, str]], list[Row]]
+
+
+def _num(text: str | None, scale: float = 1.0) -> float | None:
+    try:
+        return float(text) / scale
+    except (TypeError, ValueError):
+        return None
+
+
+def _padnet_rows(r: dict[str, str]) -> list[Row]:
+    kappa = f" kappa {r['kappa']}" if r["kappa"] else ""
+    out = []
+    for name, ours, paper in (("stored params", "stored_params", "stored_params_original"),
+                              ("deployed params", "deployed_params", "deployed_params_original"),
+                              ("MACs", "macs", "macs_original")):
+        if r.get(ours) and r.get(paper):
+            label = f"{r['variant']}: {name}" + (kappa if name == "deployed params" else "")
+            out.append((label, _num(r[paper], 1e6), _num(r[ours], 1e6), "ok" if r[ours] == r[paper] else "FAIL"))
+    return out
+
+
+TABLES: dict[str, TableSpec] = {
+    "adn": TableSpec(
+        "ADN: README model zoo GFLOPs", "adn_flops.csv", "GFLOPs (README counter)",
+        lambda r: [(f"{r['model']} {r['skip_cfg']}", _num(r["paper_gflops"]), _num(r["our_gflops"]), r["status"])]),
+    "dsnet": TableSpec(
+        "DS-Net: MAdds of the README's sub-networks (paper: the README's printed millions, else the original "
+        "counter)", "dsnet_madds.csv", "MAdds (M)",
+        lambda r: [(f"sub-network {r['subnet']}", _num(r["readme_madds_M"]) or _num(r["original_madds"], 1e6),
+                    _num(r["our_madds"], 1e6), r["status"])]),
+    "jeidnn": TableSpec(
+        "JEI-DNN: Mul-Add of every exit (the original's counter)", "jeidnn_costs.csv", "Mul-Add (M)",
+        lambda r: [(f"{r['arch']} {r['img_size']}px C={r['num_classes']} exit {r['exit']}",
+                    _num(r["mul_add_original"], 1e6), _num(r["mul_add_ours"], 1e6),
+                    "ok" if r["mul_add_ours"] == r["mul_add_original"] else "FAIL")]),
+    "dyt": TableSpec(
+        "DyT: parameters and FLOPs of ViT-B/16", "dyt_params_flops.csv", "",
+        lambda r: [(f"{r['model']}: {r['column']}", _num(r["paper"]), _num(r["ours"]),
+                    "ok" if r["ok"] == "True" else "FAIL")]),
+    "padnet": TableSpec("PAD-Net: parameters and MACs at 224x224", "padnet_counts.csv", "M", _padnet_rows),
+}
+TITLES = {"adn": "ADN (NeurIPS 2024)", "dsnet": "DS-Net (CVPR 2021)", "jeidnn": "JEI-DNN (ICLR 2024)",
+          "dyt": "DyT (NeurIPS 2024)", "padnet": "PAD-Net (ACL 2023)"}
+
+
+class ReportError(UserError):
+    """A results folder that does not exist or a README without a place for the results."""
+
+
+# ------------------------------------------------------------------------------------------------------ machine
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def machine_summary() -> str:
+    """One line: CPU model, cores, OS, Python, torch version and the GPU when there is one."""
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
+            f"{platform.python_version()}, torch {torch.__version__}{gpu}")
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+
+
+def paper_table(paper: str, output_dir: Path) -> dict[str, Any] | None:
+    """``{"spec", "rows": [(label, paper, ours, rel_diff, status)], "fails", "max_rel"}`` or ``None`` when the
+    paper's CSV is not in ``output_dir``."""
+    spec = TABLES.get(paper)
+    if spec is None or not (output_dir / spec.csv).is_file():
+        return None
+    rows, seen = [], set()
+    for r in _rows(output_dir / spec.csv):
+        for label, ref, ours, status in spec.rows(r):
+            if label in seen:
+                continue
+            seen.add(label)
+            rel = (ours - ref) / ref if ours is not None and ref not in (None, 0) else None
+            rows.append((label, ref, ours, rel, status))
+    rels = [abs(x[3]) for x in rows if x[3] is not None]
+    return {"spec": spec, "rows": rows, "fails": sum(x[4] == "FAIL" for x in rows),
+            "max_rel": max(rels) if rels else None}
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.{digits}f}".rstrip("0").rstrip(".")
+
+
+def format_paper_table(table: dict[str, Any]) -> str:
+    spec = table["spec"]
+    unit = f" ({spec.unit})" if spec.unit else ""
+    body = [[label, _fmt(ref), _fmt(ours), "-" if rel is None else f"{100 * rel:+.2f}%", status or "-"]
+            for label, ref, ours, rel, status in table["rows"]]
+    return _markdown(["configuration", f"paper{unit}", f"ours{unit}", "rel. diff", "status"], body)
+
+
+# ------------------------------------------------------------------------------------------------------ speed
+def speed_rows(output_dir: Path) -> list[dict[str, str]]:
+    path = output_dir / "speed.csv"
+    return _rows(path) if path.is_file() else []
+
+
+def format_speed_table(rows: Sequence[dict[str, str]], kind: str = "inference") -> str:
+    """Inference: img/s, realised vs ideal speed-up, their ratio and the done-when target. Training: step time
+    against the plain backbone's."""
+    rows = [r for r in rows if r["kind"] == kind]
+    if kind == "inference":
+        body = [[r["paper"], r["model"], r["config"], r["batch_size"], f"{float(r['images_per_s']):.1f}",
+                 f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x",
+                 f"{float(r['efficiency']):.2f}", r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""]
+                for r in rows]
+        return _markdown(["paper", "model", "configuration", "batch", "img/s", "realised speed-up",
+                          "ideal (MAC ratio)", "realised / ideal", "target", "meets", "realised behaviour"], body)
+    body = [[r["paper"], r["model"], r["config"], r["batch_size"], f"{1e3 * float(r['median_s']):.1f}",
+             f"{1e3 * float(r['baseline_s']):.1f}", f"{float(r['overhead']):.2f}x", r["realised"] or ""]
+            for r in rows]
+    return _markdown(["paper", "backbone", "training step", "batch", "ms / step", "plain step (ms)",
+                      "overhead vs plain", "what the step runs"], body)
+
+
+def speed_header(rows: Sequence[dict[str, str]], output_dir: Path) -> str:
+    r = rows[0]
+    report = output_dir / "speed.md"
+    lines = report.read_text().splitlines() if report.is_file() else []
+    command = next((line for line in lines if line.startswith("Command: ")), "")
+    text = (f"Device {r['device']}, {r['threads']} torch thread(s), median of {r['repeats']} interleaved runs after "
+            "warm-up; realised speed-up = img/s of the configuration / img/s of the static full model of its row "
+            "group, in the same process; ideal = the static model's MACs / the configuration's "
+            "(common.flops.count_macs, on the same images).")
+    return f"{command}. {text}" if command else text
+
+
+# ------------------------------------------------------------------------------------------------------ report
+def _outcome_rows(outcomes: Sequence[Any] | None, papers: Sequence[str], output_dir: Path,
+                  link_prefix: str) -> list[list[str]]:
+    by_name = {o.paper: o for o in outcomes or []}
+    body = []
+    for paper in [*papers, *(name for name in by_name if name not in papers)]:
+        o = by_name.get(paper)
+        report = output_dir / f"{paper}.md"
+        if o is None:  # regenerated from the files alone: the table's own statuses
+            table = paper_table(paper, output_dir) if report.is_file() else None
+            status = "not run" if not report.is_file() else "drift" if table and table["fails"] else "ok"
+            seconds, note = "-", ""
+        else:
+            status, seconds, note = o.status, f"{o.seconds:.0f}", o.note
+        link = f"[{paper}.md]({link_prefix}{paper}.md)" if report.is_file() else "-"
+        body.append([TITLES.get(paper, paper), status, seconds, link, note])
+    return body
+
+
+def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None = None, *, link_prefix: str = "",
+                 heading_level: int = 1) -> str:
+    """The report's markdown. ``link_prefix`` is prepended to file links (``results/`` inside the top-level
+    README); ``heading_level`` 2 nests it under the README's own "## Results"."""
+    h = "#" * heading_level
+    papers = list(TITLES)
+    lines = [f"{h} Results", "", f"Command: `{command}`", "", f"Machine: {machine_summary()}.", "",
+             f"{h}# Runs", "",
+             _markdown(["paper", "status", "seconds", "report", "note"],
+                       _outcome_rows(outcomes, papers, output_dir, link_prefix)), ""]
+    for paper in papers:
+        table = paper_table(paper, output_dir)
+        plots = sorted(output_dir.glob(f"{paper}*.png"))
+        if table is None and not plots:
+            continue
+        lines += [f"{h}# {TITLES[paper]}", ""]
+        if table is not None:
+            spec = table["spec"]
+            worst = "-" if table["max_rel"] is None else f"{100 * table['max_rel']:.2f}%"
+            lines += [f"{spec.title} (`{spec.csv}`): {len(table['rows'])} rows, {table['fails']} off the paper "
+                      f"beyond tolerance, largest relative difference {worst}.", "",
+                      "<details><summary>paper vs ours</summary>", "", format_paper_table(table), "", "</details>",
+                      ""]
+        lines += [f"![{p.stem}]({link_prefix}{p.name})" for p in plots] + [""]
+    speed = speed_rows(output_dir)
+    if speed:
+        lines += [f"{h}# Speed: measured against ideal (`benchmarks/speed.py`)", "",
+                  speed_header(speed, output_dir), "",
+                  format_speed_table(speed, "inference"), ""]
+        if any(r["kind"] == "train" for r in speed):
+            lines += ["Training-step overhead against plain training of the same backbone:", "",
+                      format_speed_table(speed, "train"), ""]
+        if (output_dir / "speed.png").is_file():
+            lines += [f"![speed]({link_prefix}speed.png)", ""]
+    return "\n".join(lines)
+
+
+def write_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None = None) -> Path:
+    """Write ``output_dir/README.md``; return its path."""
+    path = Path(output_dir) / "README.md"
+    path.write_text(build_report(Path(output_dir), command, outcomes) + "\n")
+    return path
+
+
+def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequence[Any] | None = None) -> None:
+    """Replace the README's "## Results" section (up to the next "## " heading) with the report, or append one.
+
+    The results folder is not committed, so the section embeds the tables themselves; plot links point into it.
+    """
+    if not readme.is_file():
+        raise ReportError(f"--readme {readme}: no such file")
+    text = readme.read_text()
+    prefix = os.path.relpath(output_dir, readme.parent).rstrip("/") + "/"
+    section = build_report(output_dir, command, outcomes, link_prefix=prefix, heading_level=2).strip()
+    intro = (f"`make demo` (`python -m benchmarks.run_all --quick`) runs every paper's table and proxy experiment "
+             f"and writes `{prefix}<paper>.md`, its CSVs and plots and `{prefix}README.md`; `make speed` "
+             f"(`python -m benchmarks.speed`) measures the realised speed-ups into `{prefix}speed.*`. This section is "
+             "generated from those files by `python -m benchmarks.report --update-readme` (or `run_all "
+             "--update-readme`); `results/` itself is not committed.")
+    head, _, rest = section.partition("\n")
+    section = f"{head}\n\n{intro}\n{rest}\n"
+    pattern = re.compile(rf"^{re.escape(README_HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    readme.write_text(text)
+
+
+def main(args: argparse.Namespace) -> int:
+    output_dir = Path(args.output_dir)
+    if not output_dir.is_dir():
+        raise ReportError(f"--output-dir {output_dir}: no such folder; run `python -m benchmarks.run_all --quick` "
+                          "first")
+    command = args.command or "python -m benchmarks.run_all --quick"
+    print(f"wrote {write_report(output_dir, command)}")
+    if args.update_readme:
+        update_readme(Path(args.readme), output_dir, command)
+        print(f"updated the '{README_HEADING}' section of {args.readme}")
+    return 0
+
+
+def get_args_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="report", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--output-dir", default="results", help="the results folder (default: %(default)s)")
+    parser.add_argument("--command", default=None,
+                        help="the command that produced the results, for the report (default: the quick demo)")
+    parser.add_argument("--update-readme", action="store_true", help="also rewrite the README's results section")
+    parser.add_argument("--readme", default="README.md", help="the README to update (default: %(default)s)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main, get_args_parser().parse_args(), prog="report"))
