@@ -1,0 +1,16 @@
+"""DyT models: the ViT with adapters and token dispatchers, its layers, and the registry of named variants."""
+
+from dyt.models.layers import Adapter, MoEAdapter, TokenSelect, gumbel_sigmoid
+from dyt.models.vision_transformer import (
+    DISPATCH_MODES,
+    EXECUTION_MODES,
+    MODELS,
+    Attention,
+    Block,
+    ModelError,
+    VisionTransformer,
+    build_model,
+)
+
+__all__ = ["DISPATCH_MODES", "EXECUTION_MODES", "MODELS", "Adapter", "Attention", "Block", "ModelError",
+           "MoEAdapter", "TokenSelect", "VisionTransformer", "build_model", "gumbel_sigmoid"]
