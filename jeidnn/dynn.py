@@ -145,7 +145,9 @@ def warmup_loss(final_logits: torch.Tensor, ic_logits: Sequence[torch.Tensor], t
 @torch.no_grad()
 def early_exit_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference that really exits (issue item 7): after block ``l`` the IC and gate run on the samples still in
-    the batch, those whose activation reaches 0.5 leave it, and the later blocks run on the rest only.
+    the batch, those whose activation reaches 0.5 leave it, and the later blocks run on the rest only. Only the CLS
+    row is normalised (LayerNorm acts per token, so ``norm(x[:, 0]) == norm(x)[:, 0]``), and the batch is only
+    re-indexed (a copy of the tokens) at a level where some sample leaves.
 
     Returns the gated logits ``[B, C]`` and the exit levels ``[B]``, equal to :func:`exit_decisions` on a full
     forward. ``model`` needs ``embed``, ``blocks``, ``norm``, ``intermediate_heads``, ``gates`` and ``head``.
@@ -161,15 +163,18 @@ def early_exit_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
         tokens = block(tokens)
         if level == model.num_exits:
             break
-        ic = model.intermediate_heads[level](model.norm(tokens)[:, 0])
+        ic = model.intermediate_heads[level](model.norm(tokens[:, 0]))
         g = torch.sigmoid(model.gates[level](ic)).flatten()
         alpha = _exit_step(torch.minimum(g, 1 - gate_sum).clamp_min(0), survive)
+        gate_sum, survive = gate_sum + g, survive * (1 - alpha)
         leave = alpha >= EXIT_THRESHOLD
+        if not leave.any():
+            continue
         logits[rows[leave]] = ic[leave]
         exit_level[rows[leave]] = level
         stay = ~leave
-        tokens, rows, gate_sum, survive = tokens[stay], rows[stay], (gate_sum + g)[stay], (survive * (1 - alpha))[stay]
-        if rows.numel() == 0:
+        if not stay.any():
             return logits, exit_level
-    logits[rows] = model.head(model.norm(tokens)[:, 0])
+        tokens, rows, gate_sum, survive = tokens[stay], rows[stay], gate_sum[stay], survive[stay]
+    logits[rows] = model.head(model.norm(tokens[:, 0]))
     return logits, exit_level

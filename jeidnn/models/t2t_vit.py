@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
@@ -108,14 +109,22 @@ class T2TModule(nn.Module):
         return height, width
 
     def forward(self, x: Tensor) -> Tensor:
-        height = _unfold_size(x.shape[-2], 7, 4, 2)
-        width = _unfold_size(x.shape[-1], 7, 4, 2)
-        x = self.attention1(self.soft_split0(x).transpose(1, 2))
-        x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
-        height, width = _unfold_size(height, 3, 2, 1), _unfold_size(width, 3, 2, 1)
-        x = self.attention2(self.soft_split1(x).transpose(1, 2))
-        x = x.transpose(1, 2).reshape(x.shape[0], x.shape[2], height, width)
-        return self.project(self.soft_split2(x).transpose(1, 2))
+        x = soft_split(self.soft_split0, x.permute(0, 2, 3, 1))
+        x = self.attention1(x.flatten(1, 2)).unflatten(1, x.shape[1:3])
+        x = soft_split(self.soft_split1, x)
+        x = self.attention2(x.flatten(1, 2)).unflatten(1, x.shape[1:3])
+        return self.project(soft_split(self.soft_split2, x).flatten(1, 2))
+
+
+def soft_split(unfold: nn.Unfold, x: Tensor) -> Tensor:
+    """``unfold`` on a channels-last grid ``x`` ``[B, H, W, C]``, giving the patch grid ``[B, H', W', C kh kw]``.
+
+    The same patches in ``nn.Unfold``'s ``(C, kh, kw)`` order as ``unfold(x.permute(0, 3, 1, 2)).transpose(1, 2)``,
+    equal bit for bit, gathered by one copy of a strided view instead of an im2col plus transpose copies.
+    """
+    (kh, kw), (sh, sw), (ph, pw) = unfold.kernel_size, unfold.stride, unfold.padding
+    patches = F.pad(x, (0, 0, pw, pw, ph, ph)).unfold(1, kh, sh).unfold(2, kw, sw)
+    return patches.flatten(3)
 
 
 class Attention(nn.Module):

@@ -161,3 +161,36 @@ def test_early_exit_forward_skips_later_blocks_for_exited_samples():
         block.register_forward_hook(lambda m, inp, out: seen.append(out.size(0)))
     _, levels = early_exit_forward(model, torch.randn(8, 6))
     assert levels.tolist() == [0] * 8 and seen == [8]
+
+
+def test_early_exit_forward_keeps_the_batch_whole_until_someone_leaves():
+    model = _TinyExitModel().eval()
+    for gate, bias in zip(model.gates, (-5.0, 5.0, 5.0), strict=True):  # nobody leaves at 0, everybody at 1
+        nn.init.zeros_(gate.linear.weight)
+        nn.init.constant_(gate.linear.bias, bias)
+    seen = []
+    for block in model.blocks:
+        block.register_forward_hook(lambda m, inp, out: seen.append(out.size(0)))
+    x = torch.randn(8, 6)
+    logits, levels = early_exit_forward(model, x)
+    assert levels.tolist() == [1] * 8 and seen == [8, 8]
+    with torch.no_grad():
+        _, ics = model.full(x)
+    torch.testing.assert_close(logits, ics[1])
+
+
+def test_t2t_soft_split_equals_unfold_then_transpose():
+    """The channels-last soft split of the T2T module is nn.Unfold's patches in the same order, bit for bit."""
+    from jeidnn.models.t2t_vit import T2TModule, _unfold_size
+
+    torch.manual_seed(0)
+    t2t = T2TModule(img_size=32, embed_dim=16, token_dim=8).eval()
+    x = torch.randn(2, 3, 37, 29)
+    with torch.no_grad():
+        height, width = _unfold_size(37, 7, 4, 2), _unfold_size(29, 7, 4, 2)
+        ref = t2t.attention1(t2t.soft_split0(x).transpose(1, 2))
+        ref = ref.transpose(1, 2).reshape(2, -1, height, width)
+        height, width = _unfold_size(height, 3, 2, 1), _unfold_size(width, 3, 2, 1)
+        ref = t2t.attention2(t2t.soft_split1(ref).transpose(1, 2))
+        ref = t2t.project(t2t.soft_split2(ref.transpose(1, 2).reshape(2, -1, height, width)).transpose(1, 2))
+        assert torch.equal(t2t(x), ref)
