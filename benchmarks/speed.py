@@ -27,6 +27,11 @@ Training-step overhead: one optimizer step of each method against plain training
 passes, DS-Net's sandwich of four widths, JEI-DNN's GATE and CLASSIFIER phases on the frozen backbone, DyT's
 dispatcher pass plus the complete-model pass, PAD-Net's dynamic convolutions), at ``--train-batch-size``.
 
+A configuration below its target is profiled (:func:`explain_shortfall`, ``torch.profiler`` on the same images):
+how much faster its MAC-bearing operators (convolutions, matrix products, attention) run than the full model's
+against the MAC ratio, and how much of its time goes to operators with no MACs (norms, activations, copies), whose
+cost follows the activations' size rather than the MACs; the ``profile`` column and ``speed.md`` carry the finding.
+
 Writes ``speed.csv``, ``speed.md`` and ``speed.png`` to ``--output-dir``.
 
     python -m benchmarks.speed                            # every model (estimated 8-10 min on 2 quiet CPU cores)
@@ -60,7 +65,7 @@ DEFAULT_EXIT_FRACTIONS = (1 / 7,) * 7
 CSV_FIELDS = ("paper", "model", "config", "kind", "batch_size", "device", "threads", "repeats", "baseline",
               "macs_per_image", "baseline_macs_per_image", "median_s", "baseline_s", "images_per_s",
               "baseline_images_per_s", "realised_speedup", "ideal_speedup", "efficiency", "target", "meets_target",
-              "overhead", "realised")
+              "overhead", "realised", "profile")
 
 
 class SpeedError(UserError):
@@ -469,6 +474,37 @@ def time_round_robin(calls: dict[str, Callable[[], Any]], warmup: int, repeats: 
     return times
 
 
+MAC_OPERATORS = ("conv", "mm", "matmul", "scaled_dot_product", "einsum")  # aten names of the ops that do the MACs
+
+
+def op_times(forward: Callable[[torch.Tensor], Any], x: torch.Tensor, device: torch.device) -> dict[str, float]:
+    """Self time (s) per aten operator of one ``forward(x)`` under ``torch.profiler`` (device time on a GPU)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+        forward(x)
+        _sync(device)
+    field_name = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return {e.key: getattr(e, field_name) / 1e6 for e in prof.key_averages() if getattr(e, field_name) > 0}
+
+
+def explain_shortfall(baseline: dict[str, float], config: dict[str, float], ideal: float) -> str:
+    """Why a configuration's realised speed-up stays below the MAC ratio, from the two operator profiles."""
+    def split(ops: dict[str, float]) -> tuple[float, float]:
+        mac = sum(t for name, t in ops.items() if any(m in name for m in MAC_OPERATORS))
+        return mac, sum(ops.values()) - mac
+
+    base_mac, base_other = split(baseline)
+    cfg_mac, cfg_other = split(config)
+    top = sorted(config.items(), key=lambda item: -item[1])[:4]
+    total = cfg_mac + cfg_other
+    return (f"MAC-bearing ops run {base_mac / cfg_mac:.2f}x faster than the full model's for {ideal:.2f}x fewer MACs; "
+            f"ops without MACs take {cfg_other / total:.0%} of the time (full model: "
+            f"{base_other / (base_mac + base_other):.0%}) and shrink only {base_other / cfg_other:.2f}x; top ops: "
+            + ", ".join(f"{name} {t / total:.0%}" for name, t in top))
+
+
 def measure_inference(suite: Suite, batch_sizes: Sequence[int], batch1_images: int, warmup: int, repeats: int,
                       device: torch.device) -> list[dict[str, Any]]:
     """Rows of the inference table for one suite (module docstring)."""
@@ -500,7 +536,14 @@ def measure_inference(suite: Suite, batch_sizes: Sequence[int], batch1_images: i
                 "images_per_s": images / median, "baseline_images_per_s": images / base_s,
                 "realised_speedup": realised, "ideal_speedup": ideal, "efficiency": efficiency,
                 "target": "" if v.target is None else v.target, "meets_target": meets, "overhead": "",
-                "realised": notes[v.name]})
+                "realised": notes[v.name], "profile": ""})
+        short = [r for r in rows[-len(every):] if r["meets_target"] == "no"]
+        if short:
+            base_ops = op_times(batched(suite.baseline.forward, batch_size), x, device)
+            by_name = {v.name: v for v in every}
+            for row in short:
+                ops = op_times(batched(by_name[row["config"]].forward, batch_size), x, device)
+                row["profile"] = explain_shortfall(base_ops, ops, row["ideal_speedup"])
     return rows
 
 
@@ -596,6 +639,11 @@ def write_markdown(rows: Sequence[dict[str, Any]], path: Path, command: str, hea
     lines = ["# Speed: realised against ideal speed-up", "", f"Command: `{command}`", "", header, ""]
     lines += [f"- skipped: {note}" for note in skipped] + ([""] if skipped else [])
     lines += [format_table(rows), "", "![speed](speed.png)", ""]
+    short = [r for r in rows if r.get("profile")]
+    if short:
+        lines += ["## Below target: where the time goes (torch.profiler)", ""]
+        lines += [f"- {r['model']} {r['config']}, batch {r['batch_size']} ({r['efficiency']:.2f} of ideal): "
+                  f"{r['profile']}" for r in short] + [""]
     path.write_text("\n".join(lines))
 
 

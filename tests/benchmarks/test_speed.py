@@ -60,7 +60,23 @@ def test_tiny_run_writes_csv_markdown_and_plot_with_consistent_ratios(tmp_path):
         assert math.isclose(float(r["overhead"]), float(r["median_s"]) / float(r["baseline_s"]), rel_tol=1e-9)
     report = (tmp_path / "speed.md").read_text()
     assert "Command: `python -m benchmarks.speed" in report and "| realised / ideal |" in report
+    for r in inference:  # exactly the configurations below their target carry a profile
+        assert bool(r["profile"]) == (r["meets_target"] == "no")
+        if r["profile"]:
+            assert "MAC-bearing ops run" in r["profile"] and r["profile"] in report
     assert (tmp_path / "speed.png").stat().st_size > 1000
+
+
+def test_op_times_and_explain_shortfall_split_mac_ops_from_the_rest():
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU()).eval()
+    ops = speed.op_times(conv, torch.randn(2, 3, 16, 16), torch.device("cpu"))
+    assert any("conv" in name for name in ops) and any("batch_norm" in name for name in ops)
+    baseline = {"aten::mkldnn_convolution": 0.8, "aten::batch_norm": 0.2}
+    config = {"aten::mkldnn_convolution": 0.2, "aten::batch_norm": 0.1, "aten::silu": 0.1}
+    text = speed.explain_shortfall(baseline, config, ideal=6.0)
+    assert text.startswith("MAC-bearing ops run 4.00x faster than the full model's for 6.00x fewer MACs")
+    assert "ops without MACs take 50% of the time (full model: 20%) and shrink only 1.00x" in text
+    assert "top ops: aten::mkldnn_convolution 50%, aten::batch_norm 25%, aten::silu 25%" in text
 
 
 def test_exit_gates_realise_the_requested_distribution():
