@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import math
 import os
 import platform
@@ -63,6 +62,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from benchmarks.tables import markdown_table, write_csv
 from common.config import load_yaml
 from common.errors import UserError, run_cli
 from dsnet.madds import dynamic_madds, executed_macs, madds, mode_widths
@@ -89,11 +89,6 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
-
-
 def _plain(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(head, *body, strict=True)]
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
@@ -101,14 +96,7 @@ def _plain(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 
 def _table(head: Sequence[str], body: Sequence[Sequence[str]], markdown: bool) -> str:
-    return _markdown(head, body) if markdown else _plain(head, body)
-
-
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    return markdown_table(head, body) if markdown else _plain(head, body)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -794,7 +782,7 @@ def main(args: argparse.Namespace) -> int:
             if r["status"] != "ok":
                 print(f"FAIL: sub-network {r['subnet']}: {r['problems']}")
         failures = sum(r["status"] != "ok" for r in results)
-        _write_csv(output_dir / "dsnet_madds.csv", results)
+        write_csv(output_dir / "dsnet_madds.csv", results)
 
     if args.speed:
         start = time.time()
@@ -804,7 +792,7 @@ def main(args: argparse.Namespace) -> int:
         timings["speed"] = time.time() - start
         print(f"\nspeed ({speed['machine']}):")
         print(format_speed_table(speed))
-        _write_csv(output_dir / "dsnet_speed.csv", speed["rows"])
+        write_csv(output_dir / "dsnet_speed.csv", speed["rows"])
 
     claims = claim_evidence(table, results, speed)
     print("\nthe abstract's claims:")
@@ -820,7 +808,7 @@ def main(args: argparse.Namespace) -> int:
         print("\nproxy run on digits:")
         print(format_proxy_table(proxy))
         print("\n".join(proxy_findings(proxy)))
-        _write_csv(output_dir / "dsnet.csv", proxy_csv_rows(proxy))
+        write_csv(output_dir / "dsnet.csv", proxy_csv_rows(proxy))
         plot_proxy(proxy, output_dir / "dsnet_proxy.png")
 
     write_markdown(output_dir / "dsnet.md", command, machine, timings, table, results, speed, claims, proxy)

@@ -23,7 +23,6 @@ and the wall-clock of the gather/scatter path against the masked path at batch 6
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shlex
@@ -40,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from benchmarks.tables import markdown_table, write_csv
 from common.config import load_yaml
 from common.data import build_dataset
 from common.distributed import seed_everything
@@ -59,11 +59,6 @@ from dyt.weights import load_pretrained_vit, set_trainable
 PAPER_TABLE = Path(__file__).resolve().parent / "paper_tables" / "dyt.yaml"
 MODEL_KEYS = ("name", "ffn_num", "dispatch", "num_classes", "gflops")
 COUNT_KEYS = ("num_params", "adapter_params", "dispatcher_params", "trainable_params")
-
-
-def _markdown(head: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in body])
 
 
 # ---------------------------------------------------------------------------------------- Part 1: the table
@@ -112,7 +107,7 @@ def table_rows(table: dict[str, Any]) -> list[dict[str, Any]]:
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
     body = [[r["model"], r["column"], f"{r['ours']:,}" if isinstance(r["ours"], int) else r["ours"], r["paper"],
              "ok" if r["ok"] else "DIFFERS"] for r in rows]
-    return _markdown(["model (ViT-B/16, 100 classes)", "column", "ours", "paper / spec", "status"], body)
+    return markdown_table(["model (ViT-B/16, 100 classes)", "column", "ours", "paper / spec", "status"], body)
 
 
 # ------------------------------------------------------------------------------------------ Part 2: proxy
@@ -321,7 +316,7 @@ def format_proxy(proxy: dict[str, Any]) -> str:
         body.append([run["method"], f"{run['rate']:g}" if dynamic else "-", f"{run['acc']:.1f}",
                      f"{run['gflops'] * 1e3:.1f}", f"{run['macs_m']:.1f}", f"{run['activation_rate']:.3f}", rates,
                      overlap, gap, f"{run['trainable']:,}", f"{run['train_s']:.0f}"])
-    return _markdown(["method", "target r", "top-1 (%)", "MFLOPs (original accounting)", "executed MMACs (gather)",
+    return markdown_table(["method", "target r", "top-1 (%)", "MFLOPs (original accounting)", "executed MMACs (gather)",
                       "realised rate", "per-layer rate (first to last)", "foreground precision / recall",
                       "complete-model acc / KL(complete||dynamic)", "trainable params", "train s"], body)
 
@@ -360,16 +355,6 @@ def plot_proxy(proxy: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def _write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: " ".join(f"{v:.4f}" for v in row[k]) if isinstance(row.get(k), list) else row.get(k)
-                             for k in keys})
-
-
 def _speed_lines(proxy: dict[str, Any] | None, reference: dict[str, float] | None) -> list[str]:
     lines = []
     run = next((r for r in (proxy or {}).get("runs", []) if "gather_ms" in r), None)
@@ -403,7 +388,7 @@ def main(args: argparse.Namespace) -> int:
     print(table_md)
     ok = all(row["ok"] for row in rows)
     print("params/FLOPs table: " + ("every number reproduced" if ok else "DIFFERENCES above"))
-    _write_csv(out_dir / "dyt_params_flops.csv", rows)
+    write_csv(out_dir / "dyt_params_flops.csv", rows)
     sections = [f"# DyT: parameters, FLOPs and proxy\n\nCommand: `{command}`\n\nMachine: {machine}\n",
                 "## Parameters and FLOPs of ViT-B/16 (spec Sec. a, e)\n",
                 "FLOPs = multiply-adds as the original counts them (fvcore: Linear, Conv, attention matmuls, "
@@ -424,7 +409,7 @@ def main(args: argparse.Namespace) -> int:
                      " Executed MACs (common.flops, gather path) count no LayerNorm and the dispatchers at their "
                      "real cost; the original accounting counts LayerNorm and gives the dispatchers none.\n",
                      proxy_md, "\n![proxy](dyt_proxy.png)"]
-        _write_csv(out_dir / "dyt_proxy.csv", proxy["runs"])
+        write_csv(out_dir / "dyt_proxy.csv", proxy["runs"])
         plot_proxy(proxy, out_dir / "dyt_proxy.png")
     reference = reference_model_speed(Path(args.shared_dir), args.repeats) if args.speed else None
     speed = _speed_lines(proxy, reference)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from benchmarks.tables import markdown_table
 from common.config import load_yaml
 from common.errors import ArgumentParser, UserError, run_cli
 from common.flops import count_macs
@@ -49,11 +50,6 @@ from jeidnn.models import create_model
 
 PAPER_TABLE = Path(__file__).resolve().parent / "paper_tables" / "jeidnn.yaml"
 ALPHA = 0.05
-
-
-def _markdown(head: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in body])
 
 
 def _seed_all(seed: int) -> None:
@@ -102,7 +98,7 @@ def format_cost_table(rows: Sequence[dict[str, Any]]) -> str:
                          f"{row['ours_mul_add'][level] / row['ours_mul_add'][-1]:.3f}",
                          f"{row['ours_macs'][level] / 1e6:.1f}", f"{row['macs_per_exit'][level] / 1e6:.1f}",
                          "ok" if row["ok"] else "DIFFERS"])
-    return _markdown(["configuration", "exit", "Mul-Add ours (M)", "Mul-Add original (M)", "normalised",
+    return markdown_table(["configuration", "exit", "Mul-Add ours (M)", "Mul-Add original (M)", "normalised",
                       "MACs ours (M)", "MACs original counter (M)", "status"], body)
 
 
@@ -221,7 +217,7 @@ def format_proxy(proxy: dict[str, Any]) -> str:
                      f"{run['exit_ms']:.2f} / {run['full_ms']:.2f}",
                      f"{run['ece']:.2f}", size, f"{base.accuracy:.2f} @ {base.average_cost:.3f}", f"{base_ece:.2f}",
                      " / ".join(f"{e:.2f}" for e in run["exits"])])
-    return _markdown(["lambda", "acc", "Mul-Add (M, original)", "normalised", "MACs (M, from exits)",
+    return markdown_table(["lambda", "acc", "Mul-Add (M, original)", "normalised", "MACs (M, from exits)",
                       "MACs (M, measured early exit)", "ms / image early exit / full", "ECE",
                       f"conformal C at {ALPHA} (emp alpha)", "threshold baseline acc @ nearest Mul-Add",
                       "baseline ECE", "exit fractions"], body)

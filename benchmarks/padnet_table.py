@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.tables import markdown_table, write_csv
 from common.config import load_yaml
 from common.data import build_dataset, build_loader
 from common.distributed import seed_everything
@@ -56,11 +57,6 @@ SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "SST-2
 QUICK_VARIANTS = ("static_resnet50", "dy_resnet50", "pad_resnet50", "static_mobilenetv2_w1.0", "dy_mobilenetv2_w1.0",
                   "pad_mobilenetv2_w1.0")
 MODEL_KEYS = ("variant", "type", "kwargs", "stored_params", "macs", "aggregation")
-
-
-def _markdown(head: Sequence[str], body: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in body])
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -112,7 +108,7 @@ def format_counts(rows: Sequence[dict[str, Any]], kappas: Sequence[float]) -> st
                      f"{ours['macs'] / 1e6:.1f}", f"{table['macs'] / 1e6:.1f}", aggregation,
                      "ok" if r["ok"] else "DIFFERS"])
     ks = "/".join(f"{k:g}" for k in kappas)
-    return _markdown(["model", "stored params (ours)", "stored params (original code)",
+    return markdown_table(["model", "stored params (ours)", "stored params (original code)",
                       f"deployed params (M) kappa {ks}", f"dynamic params (M) kappa {ks}",
                       "conv+attention MACs (M, ours)", "MACs (M, original code)",
                       f"+ aggregation MACs (M; PAD sparse at kappa {ks})", "status"], body)
@@ -204,7 +200,7 @@ def format_proxy(runs: Sequence[dict[str, Any]]) -> str:
         body.append([arm, _mean_std([r["acc1"] for r in group]), _mean_std([r["loss"] for r in group]),
                      "–" if kappa is None else f"{kappa:.3f}", f"{group[0]['stored_params']:,}",
                      f"{group[0]['deployed_params']:,}", len(group)])
-    return _markdown(["arm", "val top-1 (%)", "val loss", "dynamic ratio (realised)", "stored params",
+    return markdown_table(["arm", "val top-1 (%)", "val loss", "dynamic ratio (realised)", "stored params",
                       "deployed params", "seeds"], body)
 
 
@@ -267,17 +263,10 @@ def run_moe(args: argparse.Namespace) -> list[dict[str, Any]]:
 def format_moe(runs: Sequence[dict[str, Any]]) -> str:
     body = [[arm, _mean_std([r["accuracy"] for r in runs if r["arm"] == arm]),
              sum(r["arm"] == arm for r in runs)] for arm in dict.fromkeys(r["arm"] for r in runs)]
-    return _markdown(["arm", "SST-2 dev accuracy (%)", "seeds"], body)
+    return markdown_table(["arm", "SST-2 dev accuracy (%)", "seeds"], body)
 
 
 # ------------------------------------------------------------------------------------------------------ main
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 def run(args: argparse.Namespace) -> int:
     """Run the chosen parts, print and write the report; 1 when a count drifts from the table."""
     if args.threads:
@@ -308,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         runs = run_proxy(args)
         proxy_md = format_proxy(runs)
         print(proxy_md)
-        _write_csv(runs, out_dir / "padnet_proxy.csv")
+        write_csv(out_dir / "padnet_proxy.csv", runs)
         plot_proxy(runs, out_dir / "padnet_proxy.png")
         sections += ["\n## Proxy on digits (spec Sec. g)\n",
                      f"ResNet-10 at width scale {args.scale} on the embedded digits (1,437 train / 360 val, 32x32), "
@@ -326,7 +315,7 @@ def run(args: argparse.Namespace) -> int:
             moe_runs = run_moe(args)
             moe_md = format_moe(moe_runs)
             print(moe_md)
-            _write_csv(moe_runs, out_dir / "padnet_moe.csv")
+            write_csv(out_dir / "padnet_moe.csv", moe_runs)
             sections += ["\n## MoE vs PAD-MoE on SST-2 (spec Sec. g)\n",
                          f"The packaged MiniLM encoder (all-MiniLM-L6-v2) with both FFN linears of every layer turned "
                          f"into 4 upcycled experts (top-2), the first {args.moe_train} SST-2 training sentences, 1 "

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from benchmarks.tables import markdown_table
 from common.errors import ArgumentParser, UserError, run_cli
 
 README_HEADING = "## Results"
@@ -113,11 +114,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _markdown(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
-
-
 def paper_table(paper: str, output_dir: Path) -> dict[str, Any] | None:
     """``{"spec", "rows": [(label, paper, ours, rel_diff, status)], "fails", "max_rel"}`` or ``None`` when the
     paper's CSV is not in ``output_dir``."""
@@ -148,7 +144,7 @@ def format_paper_table(table: dict[str, Any]) -> str:
     unit = f" ({spec.unit})" if spec.unit else ""
     body = [[label, _fmt(ref), _fmt(ours), "-" if rel is None else f"{100 * rel:+.2f}%", status or "-"]
             for label, ref, ours, rel, status in table["rows"]]
-    return _markdown(["configuration", f"paper{unit}", f"ours{unit}", "rel. diff", "status"], body)
+    return markdown_table(["configuration", f"paper{unit}", f"ours{unit}", "rel. diff", "status"], body)
 
 
 # ------------------------------------------------------------------------------------------------------ speed
@@ -166,12 +162,12 @@ def format_speed_table(rows: Sequence[dict[str, str]], kind: str = "inference") 
                  f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x",
                  f"{float(r['efficiency']):.2f}", r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""]
                 for r in rows]
-        return _markdown(["paper", "model", "configuration", "batch", "img/s", "realised speed-up",
+        return markdown_table(["paper", "model", "configuration", "batch", "img/s", "realised speed-up",
                           "ideal (MAC ratio)", "realised / ideal", "target", "meets", "realised behaviour"], body)
     body = [[r["paper"], r["model"], r["config"], r["batch_size"], f"{1e3 * float(r['median_s']):.1f}",
              f"{1e3 * float(r['baseline_s']):.1f}", f"{float(r['overhead']):.2f}x", r["realised"] or ""]
             for r in rows]
-    return _markdown(["paper", "backbone", "training step", "batch", "ms / step", "plain step (ms)",
+    return markdown_table(["paper", "backbone", "training step", "batch", "ms / step", "plain step (ms)",
                       "overhead vs plain", "what the step runs"], body)
 
 
@@ -214,7 +210,7 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
     papers = list(TITLES)
     lines = [f"{h} Results", "", f"Command: `{command}`", "", f"Machine: {machine_summary()}.", "",
              f"{h}# Runs", "",
-             _markdown(["paper", "status", "seconds", "report", "note"],
+             markdown_table(["paper", "status", "seconds", "report", "note"],
                        _outcome_rows(outcomes, papers, output_dir, link_prefix)), ""]
     for paper in papers:
         table = paper_table(paper, output_dir)

@@ -28,7 +28,7 @@ from padnet.imp import ModeMask
 
 __all__ = ["INITIAL_TEMPERATURE", "LAMBDAS", "AttentionLayer", "CustomSequential", "DynamicConvBase",
            "DynamicConvolution", "DynamicNet", "PAD_DynamicConvolution", "check_lambda", "dynamic_layers",
-           "imp_masks", "is_pad_model", "pad_layers", "scale_factors", "set_temperature"]
+           "imp_masks", "init_model_weights", "is_pad_model", "pad_layers", "scale_factors", "set_temperature"]
 
 INITIAL_TEMPERATURE = 31.0  # ``self.temperature`` of every original model before training (spec b.1)
 LAMBDAS = (None, "both", "s", "d")  # the PAD scale-factor modes (spec b.2); "none" is accepted for None
@@ -242,3 +242,17 @@ def set_temperature(model: nn.Module, temperature: float) -> None:
     for module in model.modules():
         if isinstance(module, (DynamicConvBase, DynamicNet)):
             module.temperature = float(temperature)
+
+
+def init_model_weights(model: nn.Module) -> None:
+    """The original model-level init of the DY/PAD ResNets and the PAD MobileNetV2: every ``nn.Conv2d`` (stem,
+    classifier, attention fc1/fc2) ~ N(0, 2/(k^2 out)) with zero bias, BN weight 1 and bias 0; the dynamic kernels
+    keep their layer-level init."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

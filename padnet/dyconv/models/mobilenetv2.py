@@ -8,7 +8,6 @@ Channels are ``_make_divisible(c * width_multiplier, 8)``; the original's defaul
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -16,7 +15,14 @@ from torch import nn
 from torchvision.models import mobilenet_v2
 from torchvision.models._utils import _make_divisible
 
-from padnet.dyconv.layers import CustomSequential, DynamicConvolution, DynamicNet, PAD_DynamicConvolution, check_lambda
+from padnet.dyconv.layers import (
+    CustomSequential,
+    DynamicConvolution,
+    DynamicNet,
+    PAD_DynamicConvolution,
+    check_lambda,
+    init_model_weights,
+)
 
 __all__ = ["CFGS", "DyMobileNetV2", "InvertedResidual", "Dymobilenetv2", "Dymobilenetv2_PAD", "mobilenetv2"]
 
@@ -76,17 +82,7 @@ class DyMobileNetV2(DynamicNet):
         head: list[nn.Module] = [nn.Dropout(p=dropout)] if dropout is not None else []
         self.classifier = nn.Sequential(*head, nn.Conv2d(self.output_channel, num_classes, kernel_size=1))
         if pad:
-            self._initialize_weights()
-
-    def _initialize_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, 0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+            init_model_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.features(x))

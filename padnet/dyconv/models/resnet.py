@@ -9,7 +9,6 @@ classifier ``fc``; the PAD models ``shortcut`` and ``linear``. ``scale`` multipl
 
 from __future__ import annotations
 
-import math
 from functools import partial
 
 import torch
@@ -17,7 +16,14 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock as StaticBasicBlock
 from torchvision.models.resnet import Bottleneck as StaticBottleneck
 
-from padnet.dyconv.layers import CustomSequential, DynamicConvolution, DynamicNet, PAD_DynamicConvolution, check_lambda
+from padnet.dyconv.layers import (
+    CustomSequential,
+    DynamicConvolution,
+    DynamicNet,
+    PAD_DynamicConvolution,
+    check_lambda,
+    init_model_weights,
+)
 
 __all__ = ["BasicBlock", "Bottleneck", "DyResNet", "StaticResNet", "DyResNet10", "DyResNet18", "DyResNet50",
            "DyResNet10_PAD", "DyResNet18_PAD", "DyResNet50_PAD", "resnet10", "resnet18", "resnet50"]
@@ -100,7 +106,7 @@ class DyResNet(DynamicNet):
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.classifier_name = "linear" if pad else "fc"
         self.add_module(self.classifier_name, nn.Conv2d(int(512 * scale) * block.expansion, num_classes, 1))
-        _init_resnet(self)
+        init_model_weights(self)
 
     def _make_layer(self, block, conv, planes: int, num_blocks: int, stride: int, shortcut_name: str
                     ) -> CustomSequential:
@@ -122,19 +128,6 @@ class DyResNet(DynamicNet):
         return self.forward_head(self.forward_features(x))
 
 
-def _init_resnet(model: nn.Module) -> None:
-    """The original model-level init: every ``nn.Conv2d`` (stem, classifier, attention fc1/fc2) ~ N(0, 2/(k^2 out))
-    with zero bias, BN weight 1 and bias 0; the dynamic kernels keep their layer-level init."""
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.normal_(m.weight, 0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 class StaticResNet(nn.Module):
     """The static ResNet of ``model/resnet.py`` (torchvision's blocks and key layout; ``scale`` also scales the
     stem), with its init: convs N(0, 2/(k^2 out)), BN 1/0, the ``fc`` Linear N(0, (1/in)^2) with zero bias."""
@@ -150,7 +143,7 @@ class StaticResNet(nn.Module):
             self.add_module(f"layer{i + 1}", self._make_layer(block, int(width * scale), layers[i], stride))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(int(512 * scale) * block.expansion, num_classes)
-        _init_resnet(self)
+        init_model_weights(self)
         nn.init.normal_(self.fc.weight, 0, 1.0 / self.fc.in_features)
         nn.init.zeros_(self.fc.bias)
 
