@@ -13,7 +13,7 @@ every ``--rates`` value with and without the complete-model CE + KL terms, and t
 random mask and a fixed centre mask. Reports accuracy against FLOPs (original accounting and executed MACs of the
 gather path), the realised activation rate per layer, the overlap of the learned masks with the digit's patches,
 and the wall-clock of the gather/scatter path against the masked path at batch 64. Writes ``dyt.md``,
-``dyt_params_flops.csv``, ``dyt_proxy.csv`` and ``dyt_proxy.png`` to ``--output-dir``.
+``dyt_params_flops.csv``, ``dyt.csv`` and ``dyt_proxy.png`` to ``--output-dir``.
 
     python -m benchmarks.dyt_table                 # both parts (several minutes on one CPU thread)
     python -m benchmarks.dyt_table --quick         # CI-sized proxy (about 2 minutes)
@@ -409,7 +409,7 @@ def main(args: argparse.Namespace) -> int:
                      " Executed MACs (common.flops, gather path) count no LayerNorm and the dispatchers at their "
                      "real cost; the original accounting counts LayerNorm and gives the dispatchers none.\n",
                      proxy_md, "\n![proxy](dyt_proxy.png)"]
-        write_csv(out_dir / "dyt_proxy.csv", proxy["runs"])
+        write_csv(out_dir / "dyt.csv", proxy["runs"])
         plot_proxy(proxy, out_dir / "dyt_proxy.png")
     reference = reference_model_speed(Path(args.shared_dir), args.repeats) if args.speed else None
     speed = _speed_lines(proxy, reference)

@@ -16,7 +16,7 @@ Part 3 (``--moe``, on by default; skipped when ``../shared/data/glue/SST-2`` is 
 SNIP-IMP) on a few hundred real SST-2 sentences with the packaged MiniLM encoder, through
 ``padnet.moe.run_glue_pad.main``; dev accuracy as mean +- std over seeds.
 
-Writes ``padnet.md``, ``padnet_counts.csv``, ``padnet_proxy.csv``, ``padnet_moe.csv`` and ``padnet_proxy.png`` to
+Writes ``padnet.md``, ``padnet_counts.csv``, ``padnet.csv``, ``padnet_moe.csv`` and ``padnet_proxy.png`` to
 ``--output-dir``::
 
     python -m benchmarks.padnet_table                 # everything (about 10 minutes on one CPU thread)
@@ -297,7 +297,7 @@ def run(args: argparse.Namespace) -> int:
         runs = run_proxy(args)
         proxy_md = format_proxy(runs)
         print(proxy_md)
-        write_csv(out_dir / "padnet_proxy.csv", runs)
+        write_csv(out_dir / "padnet.csv", runs)
         plot_proxy(runs, out_dir / "padnet_proxy.png")
         sections += ["\n## Proxy on digits (spec Sec. g)\n",
                      f"ResNet-10 at width scale {args.scale} on the embedded digits (1,437 train / 360 val, 32x32), "

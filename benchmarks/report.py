@@ -211,7 +211,7 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
     lines = [f"{h} Results", "", f"Command: `{command}`", "", f"Machine: {machine_summary()}.", "",
              f"{h}# Runs", "",
              markdown_table(["paper", "status", "seconds", "report", "note"],
-                       _outcome_rows(outcomes, papers, output_dir, link_prefix)), ""]
+                            _outcome_rows(outcomes, papers, output_dir, link_prefix)), ""]
     for paper in papers:
         table = paper_table(paper, output_dir)
         plots = sorted(output_dir.glob(f"{paper}*.png"))
@@ -231,11 +231,20 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
         lines += [f"{h}# Speed: measured against ideal (`benchmarks/speed.py`)", "",
                   speed_header(speed, output_dir), "",
                   format_speed_table(speed, "inference"), ""]
+        short = [r for r in speed if r.get("profile")]
+        if short:
+            lines += ["Below target, where the time goes (`torch.profiler` on the same images):", ""]
+            lines += [f"- {r['model']} {r['config']}, batch {r['batch_size']} ({float(r['efficiency']):.2f} of "
+                      f"ideal): {r['profile']}" for r in short] + [""]
         if any(r["kind"] == "train" for r in speed):
             lines += ["Training-step overhead against plain training of the same backbone:", "",
                       format_speed_table(speed, "train"), ""]
         if (output_dir / "speed.png").is_file():
             lines += [f"![speed]({link_prefix}speed.png)", ""]
+        more = sorted(output_dir.glob("speed_*.md"))
+        if more:
+            lines += ["Further speed runs (every configuration, their own commands): "
+                      + ", ".join(f"[{p.name}]({link_prefix}{p.name})" for p in more), ""]
     return "\n".join(lines)
 
 
@@ -249,7 +258,8 @@ def write_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
 def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequence[Any] | None = None) -> None:
     """Replace the README's "## Results" section (up to the next "## " heading) with the report, or append one.
 
-    The results folder is not committed, so the section embeds the tables themselves; plot links point into it.
+    The section embeds the tables themselves; plot links point into the results folder, which is committed with
+    the README so that they show.
     """
     if not readme.is_file():
         raise ReportError(f"--readme {readme}: no such file")
@@ -260,7 +270,7 @@ def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequen
              f"and writes `{prefix}<paper>.md`, its CSVs and plots and `{prefix}README.md`; `make speed` "
              f"(`python -m benchmarks.speed`) measures the realised speed-ups into `{prefix}speed.*`. This section is "
              "generated from those files by `python -m benchmarks.report --update-readme` (or `run_all "
-             "--update-readme`); `results/` itself is not committed.")
+             "--update-readme`); the files in `results/` are committed with it.")
     head, _, rest = section.partition("\n")
     section = f"{head}\n\n{intro}\n{rest}\n"
     pattern = re.compile(rf"^{re.escape(README_HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)

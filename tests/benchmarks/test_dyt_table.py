@@ -39,11 +39,11 @@ def test_tiny_proxy_writes_the_report(tmp_path):
     result = _run("--quick", "--pretrain-epochs", "1", "--adapt-epochs", "1", "--train-samples", "64",
                   "--embed-dim", "48", "--depth", "2", "--no-speed", "--output-dir", str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("dyt.md", "dyt_params_flops.csv", "dyt_proxy.csv", "dyt_proxy.png"):
+    for name in ("dyt.md", "dyt_params_flops.csv", "dyt.csv", "dyt_proxy.png"):
         assert (tmp_path / name).is_file(), name
     report = (tmp_path / "dyt.md").read_text()
     assert "random mask" in report and "centre mask" in report and "speed-up" in report
-    runs = {r["method"]: r for r in csv.DictReader((tmp_path / "dyt_proxy.csv").open())}
+    runs = {r["method"]: r for r in csv.DictReader((tmp_path / "dyt.csv").open())}
     assert float(runs["DyT"]["macs_m"]) < float(runs["AdaptFormer-8"]["macs_m"])
 
 
