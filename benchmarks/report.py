@@ -243,7 +243,7 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
             lines += [f"![speed]({link_prefix}speed.png)", ""]
         more = sorted(output_dir.glob("speed_*.md"))
         if more:
-            lines += ["Further speed runs (every configuration, their own commands): "
+            lines += ["Further speed runs, each with its own command: "
                       + ", ".join(f"[{p.name}]({link_prefix}{p.name})" for p in more), ""]
     return "\n".join(lines)
 

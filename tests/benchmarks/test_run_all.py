@@ -124,21 +124,24 @@ def test_bad_flags_are_one_line_exit_2(argv, message, capsys):
 def _speed_csv(path: Path) -> None:
     fields = ["paper", "model", "config", "kind", "batch_size", "device", "threads", "repeats", "baseline",
               "median_s", "baseline_s", "images_per_s", "realised_speedup", "ideal_speedup", "efficiency", "target",
-              "meets_target", "overhead", "realised"]
+              "meets_target", "overhead", "realised", "profile"]
     row = {"paper": "adn", "model": "resnet50-ADN", "config": "TTTT", "kind": "inference", "batch_size": "32",
            "device": "cpu", "threads": "2", "repeats": "5", "baseline": "torchvision static", "median_s": "1.0",
            "baseline_s": "1.5", "images_per_s": "32.0", "realised_speedup": "1.5", "ideal_speedup": "1.6",
-           "efficiency": "0.9375", "target": "0.9", "meets_target": "yes", "overhead": "", "realised": ""}
+           "efficiency": "0.9375", "target": "0.9", "meets_target": "yes", "overhead": "", "realised": "",
+           "profile": ""}
+    short = {**row, "config": "TFFF", "efficiency": "0.85", "meets_target": "no", "profile": "ops without MACs"}
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        writer.writerow(row)
+        writer.writerows([row, short])
 
 
 def test_readme_section_is_replaced_in_place_or_appended(tmp_path):
     out = tmp_path / "results"
     out.mkdir()
     _speed_csv(out / "speed.csv")
+    (out / "speed_all_configs.md").write_text("# another speed run\n")
     readme = tmp_path / "README.md"
     readme.write_text("# project\n\nintro\n\n## Results\n\nold numbers\n\n## Tests\n\nmake test\n")
     report.update_readme(readme, out, "python -m benchmarks.run_all --quick")
@@ -147,6 +150,9 @@ def test_readme_section_is_replaced_in_place_or_appended(tmp_path):
     assert text.index("## Results") < text.index("### Speed") < text.index("## Tests") and "make test" in text
     assert "| adn | resnet50-ADN | TTTT | 32 | 32.0 | 1.50x | 1.60x | 0.94 | 0.9 | yes |" in text
     assert "`python -m benchmarks.run_all --quick`" in text and "results/" in text
+    assert "- resnet50-ADN TFFF, batch 32 (0.85 of ideal): ops without MACs" in text  # only the row below target
+    assert "resnet50-ADN TTTT, batch 32 (" not in text
+    assert "Further speed runs, each with its own command: [speed_all_configs.md](results/speed_all_configs.md)" in text
     readme.write_text("# project\n\nintro\n")
     report.update_readme(readme, out, "cmd")
     assert readme.read_text().startswith("# project\n\nintro\n\n## Results\n")
