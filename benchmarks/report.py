@@ -20,11 +20,12 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from benchmarks.tables import markdown_table
+from benchmarks.tables import markdown_table, write_csv
 from common.errors import ArgumentParser, UserError, run_cli
 
 README_HEADING = "## Results"
@@ -248,10 +249,27 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
     return "\n".join(lines)
 
 
+RUNS_CSV = "runs.csv"  # what run_all saw of each paper (status, seconds, note), kept for regenerated reports
+
+
+def saved_outcomes(output_dir: Path) -> list[SimpleNamespace] | None:
+    """The outcomes :func:`write_report` saved in ``output_dir/runs.csv``, or ``None`` without that file."""
+    path = output_dir / RUNS_CSV
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        return [SimpleNamespace(paper=r["paper"], status=r["status"], seconds=float(r["seconds"]), note=r["note"])
+                for r in csv.DictReader(f)]
+
+
 def write_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None = None) -> Path:
-    """Write ``output_dir/README.md``; return its path."""
-    path = Path(output_dir) / "README.md"
-    path.write_text(build_report(Path(output_dir), command, outcomes) + "\n")
+    """Write ``output_dir/README.md`` (and, given the run's ``outcomes``, ``runs.csv``); return its path."""
+    output_dir = Path(output_dir)
+    if outcomes is not None:
+        write_csv(output_dir / RUNS_CSV, [{"paper": o.paper, "status": o.status, "seconds": f"{o.seconds:.1f}",
+                                           "note": o.note} for o in outcomes])
+    path = output_dir / "README.md"
+    path.write_text(build_report(output_dir, command, outcomes) + "\n")
     return path
 
 
@@ -287,9 +305,10 @@ def main(args: argparse.Namespace) -> int:
         raise ReportError(f"--output-dir {output_dir}: no such folder; run `python -m benchmarks.run_all --quick` "
                           "first")
     command = args.command or "python -m benchmarks.run_all --quick"
-    print(f"wrote {write_report(output_dir, command)}")
+    outcomes = saved_outcomes(output_dir)
+    print(f"wrote {write_report(output_dir, command, outcomes)}")
     if args.update_readme:
-        update_readme(Path(args.readme), output_dir, command)
+        update_readme(Path(args.readme), output_dir, command, outcomes)
         print(f"updated the '{README_HEADING}' section of {args.readme}")
     return 0
 

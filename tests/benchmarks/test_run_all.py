@@ -156,3 +156,18 @@ def test_readme_section_is_replaced_in_place_or_appended(tmp_path):
     readme.write_text("# project\n\nintro\n")
     report.update_readme(readme, out, "cmd")
     assert readme.read_text().startswith("# project\n\nintro\n\n## Results\n")
+
+
+def test_a_regenerated_report_keeps_the_run_s_statuses_and_seconds(tmp_path):
+    out = tmp_path / "results"
+    out.mkdir()
+    _speed_csv(out / "speed.csv")
+    outcomes = [run_all.Outcome("adn", "ok", 30.4), run_all.Outcome("dyt", "drift", 93.0, 1, "a column drifted")]
+    report.write_report(out, "python -m benchmarks.run_all --quick", outcomes)
+    readme = tmp_path / "README.md"
+    readme.write_text("# project\n")
+    assert report.main(report.get_args_parser().parse_args(
+        ["--output-dir", str(out), "--update-readme", "--readme", str(readme)])) == 0
+    for text in (readme.read_text(), (out / "README.md").read_text()):
+        assert "| ADN (NeurIPS 2024) | ok | 30 |" in text
+        assert "| DyT (NeurIPS 2024) | drift | 93 |" in text and "a column drifted" in text
