@@ -1,6 +1,7 @@
 # make test: create .venv if missing, (re)install the project only when pyproject.toml or
 # constraints.txt changed, then run the default test suite (everything not marked slow).
-# make demo: the same install step, then every paper's table and proxy experiment, and results/README.md.
+# make demo: the same install step, then every paper's table and proxy experiment (claims and verdicts), a short
+# speed stage, results/README.md and the README's Results section.
 # make speed: the same install step, then the realised-vs-ideal speed-ups into results/speed.{csv,md,png}.
 PYTHON ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
 demo: $(STAMP)
-	$(PY) -m benchmarks.run_all --quick
+	$(PY) -m benchmarks.run_all --update-readme
 
 speed: $(STAMP)
 	$(PY) -m benchmarks.speed

@@ -1,8 +1,9 @@
 """The combined results report: ``results/README.md`` and the "## Results" section of the top-level README.
 
-Built only from what the benchmark scripts wrote into the results folder: each paper's table against its paper
-(``TABLES``: which CSV, which columns), its plots, and the speed-ups of ``benchmarks/speed.py`` (``speed.csv``),
-with the command that produced them and the machine (CPU model, cores, torch version, GPU if any).
+Built only from what the benchmark scripts wrote into the results folder: the claims and verdicts of every paper
+(``claims.csv``, first), each paper's table against its paper (``TABLES``: which CSV, which columns), its proxy
+arms (``proxies.csv``) and plots, and the speed-ups of ``benchmarks/speed.py`` (``speed.csv``), with the command
+that produced them and the machine.
 
     python -m benchmarks.report                          # rewrite results/README.md from results/
     python -m benchmarks.report --update-readme          # and the "## Results" section of README.md
@@ -10,11 +11,9 @@ with the command that produced them and the machine (CPU model, cores, torch ver
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import os
-import platform
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -23,12 +22,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import torch
+import pandas as pd
 
-from benchmarks.tables import markdown_table, write_csv
+from benchmarks.tables import VERDICT_RULE, machine_info, markdown, markdown_table, write_csv
 from common.errors import ArgumentParser, UserError, run_cli
 
 README_HEADING = "## Results"
+VERDICTS = ("reproduced", "not reproduced", "inconclusive")
 
 
 Row = tuple[str, float | None, float | None, str]  # label, paper, ours, status
@@ -89,24 +89,6 @@ TITLES = {"adn": "ADN (NeurIPS 2024)", "dsnet": "DS-Net (CVPR 2021)", "jeidnn": 
 
 class ReportError(UserError):
     """A results folder that does not exist or a README without a place for the results."""
-
-
-# ------------------------------------------------------------------------------------------------------ machine
-def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text(errors="replace").splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def machine_summary() -> str:
-    """One line: CPU model, cores, OS, Python, torch version and the GPU when there is one."""
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return (f"{cpu_model()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, Python "
-            f"{platform.python_version()}, torch {torch.__version__}{gpu}")
 
 
 # ------------------------------------------------------------------------------------------------------ tables
@@ -184,39 +166,65 @@ def speed_header(rows: Sequence[dict[str, str]], output_dir: Path) -> str:
     return f"{command}. {text}" if command else text
 
 
+# ------------------------------------------------------------------------------------------------------ claims
+def claims_table(output_dir: Path) -> pd.DataFrame | None:
+    """``claims.csv`` (every paper's claims and verdicts, gathered by ``run_all``) or ``None``."""
+    path = output_dir / "claims.csv"
+    return pd.read_csv(path, keep_default_na=False) if path.is_file() else None
+
+
+def format_claims(claims: pd.DataFrame) -> str:
+    """The claims table of the report: one row per claim, the verdict in bold."""
+    shown = claims.assign(verdict=claims["verdict"].map(lambda v: f"**{v}**"))
+    shown = shown.rename(columns={"paper_value": "paper's value", "ours": "ours (mean diff.)", "ci95": "95 % CI"})
+    return markdown(shown.drop(columns=["metric"]))
+
+
+def proxy_arms(paper: str, output_dir: Path) -> pd.DataFrame | None:
+    """The rows of ``proxies.csv`` that belong to ``paper`` (matched on its title's first word)."""
+    path = output_dir / "proxies.csv"
+    if not path.is_file():
+        return None
+    arms = pd.read_csv(path, keep_default_na=False)
+    arms = arms[arms["paper"].astype(str).str.startswith(TITLES[paper].split(" ")[0])]
+    return arms if len(arms) else None
+
+
 # ------------------------------------------------------------------------------------------------------ report
-def _outcome_rows(outcomes: Sequence[Any] | None, papers: Sequence[str], output_dir: Path,
-                  link_prefix: str) -> list[list[str]]:
-    by_name = {o.paper: o for o in outcomes or []}
+def _outcome_rows(outcomes: Sequence[Any], link_prefix: str, output_dir: Path) -> list[list[str]]:
     body = []
-    for paper in [*papers, *(name for name in by_name if name not in papers)]:
-        o = by_name.get(paper)
-        report = output_dir / f"{paper}.md"
-        if o is None:  # regenerated from the files alone: the table's own statuses
-            table = paper_table(paper, output_dir) if report.is_file() else None
-            status = "not run" if not report.is_file() else "drift" if table and table["fails"] else "ok"
-            seconds, note = "-", ""
-        else:
-            status, seconds, note = o.status, f"{o.seconds:.0f}", o.note
-        link = f"[{paper}.md]({link_prefix}{paper}.md)" if report.is_file() else "-"
-        body.append([TITLES.get(paper, paper), status, seconds, link, note])
+    for o in outcomes:
+        name = o.stage.removeprefix("proxy ")
+        report = {"table": f"{o.paper}.md", "speed": "speed.md"}.get(o.stage, f"{name}_proxy.md")
+        link = f"[{report}]({link_prefix}{report})" if (output_dir / report).is_file() else "-"
+        body.append([TITLES.get(o.paper, o.paper), o.stage, o.status, f"{o.seconds:.0f}", link, o.note])
     return body
 
 
 def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None = None, *, link_prefix: str = "",
                  heading_level: int = 1) -> str:
-    """The report's markdown. ``link_prefix`` is prepended to file links (``results/`` inside the top-level
-    README); ``heading_level`` 2 nests it under the README's own "## Results"."""
+    """The report's markdown: the claims and verdicts of all five papers first, then the runs, each paper's counts
+    against its paper, proxy arms and plots, and the speed stage. ``link_prefix`` is prepended to file links
+    (``results/`` inside the top-level README); ``heading_level`` 2 nests it under the README's "## Results"."""
     h = "#" * heading_level
-    papers = list(TITLES)
-    lines = [f"{h} Results", "", f"Command: `{command}`", "", f"Machine: {machine_summary()}.", "",
-             f"{h}# Runs", "",
-             markdown_table(["paper", "status", "seconds", "report", "note"],
-                            _outcome_rows(outcomes, papers, output_dir, link_prefix)), ""]
-    for paper in papers:
+    lines = [f"{h} Results", "", f"Command: `{command}`", "", f"Machine: {machine_info()}.", ""]
+    claims = claims_table(output_dir)
+    if claims is not None and len(claims):
+        counts = claims["verdict"].value_counts()
+        lines += [f"{h}# Claims and verdicts", "",
+                  f"{len(claims)} claims: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS) + ". "
+                  f"Verdict rule, fixed before the runs: {VERDICT_RULE}. `ours` is the mean per-seed difference "
+                  "(oriented so that > 0 supports the claim); `evidence` says what was compared and, where a claim "
+                  "is not reproduced, why. From `claims.csv`; the arms behind them are in `proxies.csv`.", "",
+                  format_claims(claims), ""]
+    if outcomes:
+        lines += [f"{h}# Runs", "", markdown_table(["paper", "stage", "status", "seconds", "report", "note"],
+                                                  _outcome_rows(outcomes, link_prefix, output_dir)), ""]
+    for paper in TITLES:
         table = paper_table(paper, output_dir)
+        arms = proxy_arms(paper, output_dir)
         plots = sorted(output_dir.glob(f"{paper}*.png"))
-        if table is None and not plots:
+        if table is None and arms is None and not plots:
             continue
         lines += [f"{h}# {TITLES[paper]}", ""]
         if table is not None:
@@ -226,6 +234,9 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
                       f"beyond tolerance, largest relative difference {worst}.", "",
                       "<details><summary>paper vs ours</summary>", "", format_paper_table(table), "", "</details>",
                       ""]
+        if arms is not None:
+            lines += ["Proxy arms (mean and standard deviation over seeds; MACs per sample):", "",
+                      markdown(arms.drop(columns=["paper"])), ""]
         lines += [f"![{p.stem}]({link_prefix}{p.name})" for p in plots] + [""]
     speed = speed_rows(output_dir)
     if speed:
@@ -237,19 +248,12 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
             lines += ["Below target, where the time goes (`torch.profiler` on the same images):", ""]
             lines += [f"- {r['model']} {r['config']}, batch {r['batch_size']} ({float(r['efficiency']):.2f} of "
                       f"ideal): {r['profile']}" for r in short] + [""]
-        if any(r["kind"] == "train" for r in speed):
-            lines += ["Training-step overhead against plain training of the same backbone:", "",
-                      format_speed_table(speed, "train"), ""]
         if (output_dir / "speed.png").is_file():
             lines += [f"![speed]({link_prefix}speed.png)", ""]
-        more = sorted(output_dir.glob("speed_*.md"))
-        if more:
-            lines += ["Further speed runs, each with its own command: "
-                      + ", ".join(f"[{p.name}]({link_prefix}{p.name})" for p in more), ""]
     return "\n".join(lines)
 
 
-RUNS_CSV = "runs.csv"  # what run_all saw of each paper (status, seconds, note), kept for regenerated reports
+RUNS_CSV = "runs.csv"  # what run_all saw of each stage (status, seconds, note), kept for regenerated reports
 
 
 def saved_outcomes(output_dir: Path) -> list[SimpleNamespace] | None:
@@ -257,17 +261,16 @@ def saved_outcomes(output_dir: Path) -> list[SimpleNamespace] | None:
     path = output_dir / RUNS_CSV
     if not path.is_file():
         return None
-    with path.open() as f:
-        return [SimpleNamespace(paper=r["paper"], status=r["status"], seconds=float(r["seconds"]), note=r["note"])
-                for r in csv.DictReader(f)]
+    runs = pd.read_csv(path, keep_default_na=False)
+    return [SimpleNamespace(**r) for r in runs.to_dict("records")]
 
 
 def write_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None = None) -> Path:
     """Write ``output_dir/README.md`` (and, given the run's ``outcomes``, ``runs.csv``); return its path."""
     output_dir = Path(output_dir)
     if outcomes is not None:
-        write_csv(output_dir / RUNS_CSV, [{"paper": o.paper, "status": o.status, "seconds": f"{o.seconds:.1f}",
-                                           "note": o.note} for o in outcomes])
+        write_csv(output_dir / RUNS_CSV, [{"paper": o.paper, "stage": o.stage, "status": o.status,
+                                           "seconds": round(o.seconds, 1), "note": o.note} for o in outcomes])
     path = output_dir / "README.md"
     path.write_text(build_report(output_dir, command, outcomes) + "\n")
     return path
@@ -284,11 +287,13 @@ def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequen
     text = readme.read_text()
     prefix = os.path.relpath(output_dir, readme.parent).rstrip("/") + "/"
     section = build_report(output_dir, command, outcomes, link_prefix=prefix, heading_level=2).strip()
-    intro = (f"`make demo` (`python -m benchmarks.run_all --quick`) runs every paper's table and proxy experiment "
-             f"and writes `{prefix}<paper>.md`, its CSVs and plots and `{prefix}README.md`; `make speed` "
-             f"(`python -m benchmarks.speed`) measures the realised speed-ups into `{prefix}speed.*`. This section is "
-             "generated from those files by `python -m benchmarks.report --update-readme` (or `run_all "
-             "--update-readme`); the files in `results/` are committed with it.")
+    intro = (f"`make demo` (`python -m benchmarks.run_all`) runs every paper's table (computational columns against "
+             "the paper) and proxy experiments (the paper's claims measured on embedded real data through the "
+             f"subprojects' entry points, with a verdict per claim) and a short speed stage, and writes "
+             f"`{prefix}claims.csv`, `{prefix}proxies.csv`, each paper's reports, CSVs and plots and "
+             f"`{prefix}README.md`; `make speed` (`python -m benchmarks.speed`) runs the complete speed benchmark. "
+             "This section is generated from those files by `python -m benchmarks.report --update-readme` (or "
+             "`run_all --update-readme`); the files in `results/` are committed with it.")
     head, _, rest = section.partition("\n")
     section = f"{head}\n\n{intro}\n{rest}\n"
     pattern = re.compile(rf"^{re.escape(README_HEADING)}\n.*?(?=^## |\Z)", re.S | re.M)
@@ -299,12 +304,13 @@ def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequen
     readme.write_text(text)
 
 
-def main(args: argparse.Namespace) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Rewrite the report (and, with ``--update-readme``, the README's results section) from a results folder."""
+    args = get_args_parser().parse_args(argv)
     output_dir = Path(args.output_dir)
     if not output_dir.is_dir():
-        raise ReportError(f"--output-dir {output_dir}: no such folder; run `python -m benchmarks.run_all --quick` "
-                          "first")
-    command = args.command or "python -m benchmarks.run_all --quick"
+        raise ReportError(f"--output-dir {output_dir}: no such folder; run `python -m benchmarks.run_all` first")
+    command = args.command or "python -m benchmarks.run_all"
     outcomes = saved_outcomes(output_dir)
     print(f"wrote {write_report(output_dir, command, outcomes)}")
     if args.update_readme:
@@ -324,4 +330,4 @@ def get_args_parser() -> ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser().parse_args(), prog="report"))
+    sys.exit(run_cli(main, prog="report"))

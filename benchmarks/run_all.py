@@ -1,18 +1,15 @@
-"""All five papers in one command: every table script, then the combined report (issue 8, item 1).
+"""All five papers in one command (``make demo``): every table, every proxy, a short speed stage, the report.
 
-For each selected paper this runs its ``benchmarks/<paper>_table.py`` in this process, as
-``python -m benchmarks.<paper>_table --quick --output-dir DIR`` would (``--full`` drops ``--quick`` and runs the
-longer proxy schedules): the paper-scale models' computational columns next to the paper's numbers with the
-relative difference, then the small proxy experiment on embedded data, writing ``DIR/<paper>.md``, its CSVs and
-plots. A paper whose table drifts (its script exits 1) or that fails is reported and the others still run; the
-exit code is then 1. A paper whose subproject does not import yet (DyT, PAD-Net while they land) is skipped with a
-note. Then ``benchmarks/speed.py`` times the selected papers' models (``--quick``: three configurations each and no
-training steps, ``--full``: everything; ``--no-speed`` skips it), and :mod:`benchmarks.report` writes
-``DIR/README.md``: every table against the paper, the speed-up table, the command and the machine.
+Each stage is a benchmark script's ``main(argv) -> int`` called in this process, as ``python -m <module> argv``
+would: per paper its ``benchmarks/<paper>_table.py`` (the paper's computational columns, exit 1 on drift) and its
+``benchmarks/proxies/*.py`` (the paper's claims measured on embedded data through the subproject's entry points,
+with a verdict per claim), then ``benchmarks/speed.py --quick``. A stage that fails is reported and the others
+still run; the exit code is then 1. The proxies' ``<name>_claims.csv`` and ``<name>_proxies.csv`` are gathered
+into ``claims.csv`` and ``proxies.csv``, and :mod:`benchmarks.report` writes ``README.md`` in the output folder.
 
-    python -m benchmarks.run_all --quick                  # what `make demo` runs (under 15 min on 2 CPU cores)
-    python -m benchmarks.run_all --full --only adn,dsnet  # the longer schedules of two papers
-    python -m benchmarks.run_all --quick --update-readme  # also refresh the "## Results" section of README.md
+    python -m benchmarks.run_all                          # what `make demo` runs (under 15 min on 2 CPU cores)
+    python -m benchmarks.run_all --full --only adn,dsnet  # the longer schedules (more seeds) of two papers
+    python -m benchmarks.run_all --update-readme          # also refresh the "## Results" section of README.md
 """
 
 from __future__ import annotations
@@ -20,47 +17,40 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
-import inspect
 import os
 import shlex
 import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
+from benchmarks import report
+from benchmarks.tables import CLAIM_COLUMNS, PROXY_COLUMNS, write_csv
 from common.errors import ArgumentParser, UserError, run_cli
 
 
 @dataclass(frozen=True)
 class Paper:
-    """One paper's table script and what ``--tiny`` adds to its ``--quick`` run (CI smoke size: smaller subsets and
-    models; JEI-DNN's cost table only)."""
+    """One paper's table script and proxy scripts (module names under ``benchmarks``)."""
 
     name: str
     title: str
-    module: str
-    requires: str
-    tiny_args: tuple[str, ...] = field(default_factory=tuple)
+    table: str
+    proxies: tuple[str, ...]
 
 
-SPEED_MODULE = "benchmarks.speed"
-SPEED_TINY_ARGS = ("--tiny", "--batch-sizes", "1", "2", "--batch1-images", "1", "--repeats", "1", "--warmup", "0",
-                   "--no-train")
 PAPERS: dict[str, Paper] = {p.name: p for p in (
-    Paper("adn", "ADN (NeurIPS 2024)", "benchmarks.adn_table", "adn.models",
-          ("--models", "mobilenet_v2", "--proxy-train-samples", "64", "--proxy-val-samples", "32",
-           "--recalibration-samples", "16", "--proxy-width", "4")),
-    Paper("dsnet", "DS-Net (CVPR 2021)", "benchmarks.dsnet_table", "dsnet.models",
-          ("--no-speed", "--proxy-train-samples", "64", "--proxy-val-samples", "32", "--bn-batches", "2",
-           "--routing-spaces", "0,1,2,3")),
-    Paper("jeidnn", "JEI-DNN (ICLR 2024)", "benchmarks.jeidnn_table", "jeidnn.models", ("--no-proxy",)),
-    Paper("dyt", "DyT (NeurIPS 2024)", "benchmarks.dyt_table", "dyt.models", ()),
-    Paper("padnet", "PAD-Net (ACL 2023)", "benchmarks.padnet_table", "padnet.dyconv.models", ()),
+    Paper("adn", "ADN (NeurIPS 2024)", "adn_table", ("adn",)),
+    Paper("dsnet", "DS-Net (CVPR 2021)", "dsnet_table", ("dsnet",)),
+    Paper("jeidnn", "JEI-DNN (ICLR 2024)", "jeidnn_table", ("jeidnn",)),
+    Paper("dyt", "DyT (NeurIPS 2024)", "dyt_table", ("dyt",)),
+    Paper("padnet", "PAD-Net (ACL 2023)", "padnet_table", ("padnet", "padnet_moe")),
 )}
 
 
@@ -70,12 +60,12 @@ class RunAllError(UserError):
 
 @dataclass
 class Outcome:
-    """What happened to one paper: ``ok``, ``drift`` (exit 1: a column off the paper), ``error`` or ``skipped``."""
+    """What happened to one stage: ``ok``, ``drift`` (a table off its paper: exit 1) or ``error``."""
 
     paper: str
+    stage: str
     status: str
     seconds: float = 0.0
-    exit_code: int | None = None
     note: str = ""
 
 
@@ -91,56 +81,12 @@ def parse_only(text: str | None) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def missing_dependency(paper: Paper) -> str | None:
-    """Why ``paper`` cannot run yet (its subproject or table script does not import), or ``None``."""
-    for module in (paper.requires, paper.module):
-        try:
-            importlib.import_module(module)
-        except ImportError as err:
-            return f"{module} does not import yet ({err}); the subproject has not landed"
-    return None
-
-
-def table_argv(paper: Paper, quick: bool, tiny: bool, output_dir: Path) -> list[str]:
-    """The command-line arguments of the paper's table script."""
-    argv = ["--quick"] if quick else []
-    if tiny:
-        argv += list(paper.tiny_args)
-    return argv + ["--output-dir", str(output_dir)]
-
-
-def call_table(module_name: str, argv: Sequence[str]) -> int:
-    """Run a table script's entry point in this process, as ``python -m module argv`` would; return its exit code.
-
-    The scripts have one of three shapes: ``cli(argv)``, ``main(argv)`` (its first parameter is named ``argv``) or
-    ``main(get_args_parser().parse_args(argv))``. A ``UserError`` is printed as one line and gives exit code 2, as
-    under ``run_cli``.
-    """
-    module = importlib.import_module(module_name)
-    prog = module_name.rsplit(".", 1)[-1]
-    parses_itself = not hasattr(module, "get_args_parser") or (
-        hasattr(module, "main") and next(iter(inspect.signature(module.main).parameters), None) == "argv")
-    if hasattr(module, "cli"):
-        call = lambda: module.cli(list(argv))  # noqa: E731
-    elif parses_itself:
-        call = lambda: module.main(list(argv))  # noqa: E731
-    else:
-        call = lambda: module.main(module.get_args_parser().parse_args(list(argv)))  # noqa: E731
-    try:
-        code = run_cli(call, prog=prog)
-    except SystemExit as exit_:
-        code = exit_.code
-    if code is None:
-        return 0
-    return code if isinstance(code, int) else 1
-
-
 @contextlib.contextmanager
-def script_context(module_name: str, argv: Sequence[str]) -> Iterator[None]:
-    """``sys.argv`` as the script would see it (the scripts write their command into the report); the environment
-    and torch's thread count restored afterwards (a script may set either for itself)."""
+def script_context(module: str, argv: Sequence[str]) -> Iterator[None]:
+    """``sys.argv`` as the script would see it (reports quote their command); the environment and torch's thread
+    count restored afterwards (a script may set either for itself)."""
     saved_argv, saved_env, threads = sys.argv, dict(os.environ), torch.get_num_threads()
-    sys.argv = [f"{module_name.replace('.', '/')}.py", *argv]
+    sys.argv = [f"{module.replace('.', '/')}.py", *argv]
     try:
         yield
     finally:
@@ -150,75 +96,79 @@ def script_context(module_name: str, argv: Sequence[str]) -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def run_paper(paper: Paper, argv: Sequence[str]) -> Outcome:
-    """Run one paper's table script; any failure becomes an :class:`Outcome`, never an exception."""
-    reason = missing_dependency(paper)
-    if reason is not None:
-        return Outcome(paper.name, "skipped", note=reason)
+def run_stage(paper: str, stage: str, module: str, argv: Sequence[str]) -> Outcome:
+    """``module.main(argv)``; a one-line user error (exit 2), a drift (exit 1) or a crash becomes an
+    :class:`Outcome`, never an exception, so the other stages still run."""
+    tqdm.write(f"==> python -m {module} {shlex.join(argv)}")
     start = time.time()
     try:
-        with script_context(paper.module, argv):
-            code = call_table(paper.module, argv)
-    except Exception as err:  # a crash in one paper must not stop the others
+        with script_context(module, argv):
+            code = run_cli(importlib.import_module(module).main, list(argv), prog=module.rsplit(".", 1)[-1])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except Exception as err:  # a crash in one stage must not stop the others
         traceback.print_exc()
-        return Outcome(paper.name, "error", time.time() - start, None, f"{type(err).__name__}: {err}")
-    status = {0: "ok", 1: "drift"}.get(code, "error")
+        return Outcome(paper, stage, "error", time.time() - start, f"{type(err).__name__}: {err}")
+    status = {0: "ok", 1: "drift"}.get(code or 0, "error")
     note = {"drift": "a computed column differs from the paper beyond its tolerance (see its report)",
             "error": f"exit code {code}"}.get(status, "")
-    return Outcome(paper.name, status, time.time() - start, code, note)
+    outcome = Outcome(paper, stage, status, time.time() - start, note)
+    tqdm.write(f"<== {paper} {stage}: {status} ({outcome.seconds:.0f} s){' - ' + note if note else ''}")
+    return outcome
 
 
-def run_speed(names: Sequence[str], quick: bool, tiny: bool, output_dir: Path) -> Outcome:
-    """The speed stage: ``benchmarks/speed.py`` on the selected papers (it skips those that do not import)."""
-    argv = (["--quick", "--no-train"] if quick else []) + (list(SPEED_TINY_ARGS) if tiny else [])
-    argv += ["--only", ",".join(names), "--output-dir", str(output_dir)]
-    tqdm.write(f"==> speed: python -m {SPEED_MODULE} {shlex.join(argv)}")
-    start = time.time()
-    try:
-        with script_context(SPEED_MODULE, argv):
-            code = call_table(SPEED_MODULE, argv)
-    except Exception as err:  # the report is still written
-        traceback.print_exc()
-        return Outcome("speed", "error", time.time() - start, None, f"{type(err).__name__}: {err}")
-    return Outcome("speed", "ok" if code == 0 else "error", time.time() - start, code,
-                   "" if code == 0 else f"exit code {code}")
+def stage_argv(kind: str, mode: str, output_dir: Path) -> list[str]:
+    """The flags of one stage. ``mode`` is ``quick`` (the demo), ``full`` or ``tiny`` (CI smoke size)."""
+    flags = {("table", "quick"): ["--quick"], ("table", "tiny"): ["--quick"], ("table", "full"): [],
+             ("proxy", "quick"): [], ("proxy", "tiny"): ["--tiny"], ("proxy", "full"): ["--full"],
+             ("speed", "quick"): ["--quick"], ("speed", "tiny"): ["--tiny"], ("speed", "full"): []}[kind, mode]
+    return [*flags, "--output-dir", str(output_dir)]
 
 
-def summary_lines(outcomes: Sequence[Outcome]) -> list[str]:
-    return [f"{o.paper:>7}: {o.status:<7} {o.seconds:6.0f} s  {o.note}".rstrip() for o in outcomes]
+def gather(output_dir: Path, proxies: Sequence[str]) -> None:
+    """Concatenate the proxies' ``<name>_claims.csv`` / ``<name>_proxies.csv`` into ``claims.csv`` /
+    ``proxies.csv`` (only the proxies of this run, so a stale file of an earlier run is never mixed in)."""
+    for suffix, columns in (("claims", CLAIM_COLUMNS), ("proxies", PROXY_COLUMNS)):
+        parts = [pd.read_csv(p, keep_default_na=False) for p in (output_dir / f"{n}_{suffix}.csv" for n in proxies)
+                 if p.is_file()]
+        write_csv(output_dir / f"{suffix}.csv", pd.concat(parts) if parts else pd.DataFrame(), columns)
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the selected papers, write the combined report; 0 only when every paper that ran matched its paper."""
-    from benchmarks import report
-
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected papers, gather the claims, write the report; 0 only when every stage succeeded."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
     names = parse_only(args.only)
     output_dir = Path(args.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise RunAllError(f"--output-dir {output_dir}: cannot create it ({err.strerror})") from None
-    quick = not args.full
-    command = "python -m benchmarks.run_all " + shlex.join(getattr(args, "argv", sys.argv[1:]))
-    outcomes = []
-    stages = tqdm(names, desc="papers", unit="paper", dynamic_ncols=True)
-    for name in stages:
+    if not os.access(output_dir, os.W_OK):
+        raise RunAllError(f"--output-dir {output_dir}: not writable; choose another folder")
+    mode = "full" if args.full else "tiny" if args.tiny else "quick"
+    outcomes, ran = [], []
+    for name in tqdm(names, desc="papers", unit="paper", dynamic_ncols=True):
         paper = PAPERS[name]
-        stages.set_postfix_str(name)
-        argv = table_argv(paper, quick, args.tiny, output_dir)
-        tqdm.write(f"==> {paper.title}: python -m {paper.module} {shlex.join(argv)}")
-        outcome = run_paper(paper, argv)
-        outcomes.append(outcome)
-        note = f" - {outcome.note}" if outcome.note else ""
-        tqdm.write(f"<== {name}: {outcome.status} ({outcome.seconds:.0f} s){note}")
-    stages.close()
+        outcomes.append(run_stage(name, "table", f"benchmarks.{paper.table}", stage_argv("table", mode, output_dir)))
+        if args.proxies:
+            for proxy in paper.proxies:
+                outcomes.append(run_stage(name, f"proxy {proxy}", f"benchmarks.proxies.{proxy}",
+                                          stage_argv("proxy", mode, output_dir)))
+                ran.append(proxy)
+    gather(output_dir, ran)
     if args.speed:
-        outcomes.append(run_speed(names, quick, args.tiny, output_dir))
-    report_path = report.write_report(output_dir, command, outcomes)
+        outcomes.append(run_stage("speed", "speed", "benchmarks.speed",
+                                  [*stage_argv("speed", mode, output_dir), "--only", ",".join(names)]))
+    command = "python -m benchmarks.run_all " + shlex.join(argv)
+    report_path = report.write_report(output_dir, command.strip(), outcomes)
     if args.update_readme:
-        report.update_readme(Path(args.readme), output_dir, command, outcomes)
-    print("\n".join(["", "summary:", *summary_lines(outcomes), f"report: {report_path}"]))
-    failed = [o.paper for o in outcomes if o.status in ("drift", "error")]
+        report.update_readme(Path(args.readme), output_dir, command.strip(), outcomes)
+    print("\nsummary:")
+    for o in outcomes:
+        print(f"{o.paper:>7} {o.stage:<18} {o.status:<6} {o.seconds:6.0f} s  {o.note}".rstrip())
+    print(f"total {sum(o.seconds for o in outcomes):.0f} s; report: {report_path}")
+    failed = [f"{o.paper} {o.stage}" for o in outcomes if o.status != "ok"]
     if failed:
         print(f"run_all: failed: {', '.join(failed)}", file=sys.stderr)
         return 1
@@ -228,12 +178,13 @@ def main(args: argparse.Namespace) -> int:
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="run_all", description=__doc__.split("\n\n")[0])
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="the quick proxies (the default)")
-    mode.add_argument("--full", action="store_true", help="the longer proxy schedules of every script")
+    mode.add_argument("--quick", action="store_true", help="the demo settings (the default)")
+    mode.add_argument("--full", action="store_true", help="the proxies' longer schedules (more seeds), complete speed")
+    mode.add_argument("--tiny", action="store_true", help="smoke size for tests (numbers meaningless)")
     parser.add_argument("--only", default=None, metavar="P1,P2",
                         help=f"comma-separated papers to run (default: all of {', '.join(PAPERS)})")
-    parser.add_argument("--tiny", action="store_true",
-                        help="smoke size on top of --quick: smaller subsets and models (for CI; numbers meaningless)")
+    parser.add_argument("--proxies", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the proxy experiments (default: on)")
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
                         help="time the selected papers' models with benchmarks/speed.py (default: on)")
     parser.add_argument("--output-dir", default="results", help="where every report goes (default: %(default)s)")
@@ -243,12 +194,5 @@ def get_args_parser() -> ArgumentParser:
     return parser
 
 
-def cli(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = get_args_parser().parse_args(argv)
-    args.argv = argv
-    return main(args)
-
-
 if __name__ == "__main__":
-    sys.exit(run_cli(cli, prog="run_all"))
+    sys.exit(run_cli(main, prog="run_all"))

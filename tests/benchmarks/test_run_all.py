@@ -1,26 +1,22 @@
-"""benchmarks/run_all.py and benchmarks/report.py: a tiny real run, drift and crashes propagating to the exit code
-while the other papers still run, skipped subprojects, the README section, and bad flags (issue 8)."""
+"""benchmarks/run_all.py and benchmarks/report.py: every stage called as ``main(argv)``, a drift or crash in one
+stage propagating to the exit code while the others still run, the proxies' claims gathered into claims.csv, the
+report opening with the claims table, the README section, and bad flags."""
 
 from __future__ import annotations
 
-import csv
+import os
 import sys
-from pathlib import Path
 
+import pandas as pd
 import pytest
-import yaml
 
 from benchmarks import report, run_all
-from benchmarks.dsnet_table import PAPER_TABLE as DSNET_TABLE
+from benchmarks.tables import CLAIM_COLUMNS, PROXY_COLUMNS
 from common.errors import run_cli
 
-FAKE_TABLES = '''
+FAKE_TABLE = '''
 import sys
 from pathlib import Path
-
-
-def get_args_parser():  # present beside main(argv), as in padnet_table: main must get the argv list
-    raise AssertionError("main(argv) parses its own arguments")
 
 
 def main(argv):
@@ -29,145 +25,141 @@ def main(argv):
     {action}
 '''
 
+FAKE_PROXY = '''
+from pathlib import Path
 
-def _cli(argv: list[str]) -> int:
+from benchmarks.tables import judge, write_proxy_results
+
+
+def main(argv):
+    out = Path(argv[argv.index("--output-dir") + 1])
+    arms = [dict(paper="Fake", arm=" ".join(["{name}", *argv[:-2]]), dataset="digits", metric="top-1", mean=91.0,
+                 std=1.0, seeds=2, macs=100)]
+    write_proxy_results(out, "{name}", arms, [judge("Fake", "{name} beats the baseline", "top-1", "+1", {diffs})])
+    return 0
+'''
+
+
+def _main(argv: list[str]) -> int:
     try:
-        return run_cli(run_all.cli, argv, prog="run_all")
+        return run_cli(run_all.main, argv, prog="run_all")
     except SystemExit as exc:
         return exc.code
 
 
 @pytest.fixture
 def fake_papers(tmp_path, monkeypatch):
-    """Three table scripts of the ``main(argv)`` shape that match, drift and crash, registered as papers."""
-    actions = {"fake_ok": "return 0", "fake_drift": "return 1", "fake_crash": "raise RuntimeError('boom')"}
-    for name, action in actions.items():
-        (tmp_path / f"{name}_table.py").write_text(FAKE_TABLES.format(name=name, action=action))
+    """Papers whose table matches, drifts or crashes, each with a proxy whose claim holds or fails."""
+    pkg = tmp_path / "fakebench"
+    (pkg / "proxies").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "proxies" / "__init__.py").write_text("")
+    tables = {"fake_ok": "return 0", "fake_drift": "return 1", "fake_crash": "raise RuntimeError('boom')"}
+    diffs = {"fake_ok": "[1.0, 1.02]", "fake_drift": "[-2.0, -2.1]", "fake_crash": "[1.0, -1.0]"}
+    for name, action in tables.items():
+        (pkg / f"{name}_table.py").write_text(FAKE_TABLE.format(name=name, action=action))
+        (pkg / "proxies" / f"{name}.py").write_text(FAKE_PROXY.format(name=name, diffs=diffs[name]))
     monkeypatch.syspath_prepend(str(tmp_path))
-    papers = {name: run_all.Paper(name, name, f"{name}_table", "json") for name in actions}
-    papers["fake_missing"] = run_all.Paper("fake_missing", "fake_missing", "fake_missing_table", "no_such_module_x")
-    monkeypatch.setattr(run_all, "PAPERS", {**run_all.PAPERS, **papers})
+    papers = {n: run_all.Paper(n, n, f"{n}_table", (n,)) for n in tables}
+    monkeypatch.setattr(run_all, "PAPERS", papers)
+    real_run_stage = run_all.run_stage
+    monkeypatch.setattr(run_all, "run_stage", lambda paper, stage, module, argv: real_run_stage(
+        paper, stage, module.replace("benchmarks.", "fakebench.", 1), argv))
     yield
-    for name in actions:
-        sys.modules.pop(f"{name}_table", None)
+    for name in list(sys.modules):
+        if name.startswith("fakebench"):
+            sys.modules.pop(name)
 
 
-def test_tiny_quick_run_of_one_paper_writes_its_report_and_the_combined_one(tmp_path):
+def test_stages_run_in_order_failures_propagate_and_claims_are_gathered(tmp_path, fake_papers, capsys):
     out = tmp_path / "results"
-    assert _cli(["--quick", "--tiny", "--only", "dsnet", "--output-dir", str(out)]) == 0
-    for name in ("dsnet.md", "dsnet.csv", "dsnet_madds.csv", "dsnet_proxy.png", "speed.csv", "speed.png", "README.md"):
-        assert (out / name).is_file(), name
-    # the script saw its own command line, not run_all's
-    assert "python -m benchmarks.dsnet_table --quick --no-speed" in (out / "dsnet.md").read_text()
-    combined = (out / "README.md").read_text()
-    assert "Command: `python -m benchmarks.run_all --quick --tiny --only dsnet --output-dir" in combined
-    assert "Machine: " in combined and "torch " in combined
-    assert "| DS-Net (CVPR 2021) | ok |" in combined and "| ADN (NeurIPS 2024) | not run |" in combined
-    assert "16 rows, 0 off the paper beyond tolerance" in combined
-    assert "| sub-network 13 | 565 | 565.4457 | +0.08% | ok |" in combined
-    assert "![dsnet_proxy](dsnet_proxy.png)" in combined
-    # the speed stage ran on the same paper's models and its table is in the report
-    assert "| speed | ok |" in combined and "Command: `python -m benchmarks.speed --quick --no-train --tiny" in combined
-    assert "| dsnet | slimmable_mbnet_v1_bn_uniform_tiny | sub-network 0 | 2 |" in combined
-
-
-def test_real_drift_exits_nonzero(tmp_path, monkeypatch):
-    table = yaml.safe_load(DSNET_TABLE.read_text())
-    table["rows"][4]["madds"] += 1
-    tampered = tmp_path / "tampered.yaml"
-    tampered.write_text(yaml.safe_dump(table))
-    paper = run_all.PAPERS["dsnet"]
-    monkeypatch.setitem(run_all.PAPERS, "dsnet", run_all.Paper(
-        paper.name, paper.title, paper.module, paper.requires, ("--no-speed", "--no-proxy", "--paper-table",
-                                                                str(tampered))))
-    assert _cli(["--tiny", "--only", "dsnet", "--no-speed", "--output-dir", str(tmp_path / "out")]) == 1
-    combined = (tmp_path / "out" / "README.md").read_text()
-    assert "| DS-Net (CVPR 2021) | drift |" in combined and "1 off the paper beyond tolerance" in combined
-
-
-def test_drift_and_crash_fail_the_run_but_the_others_still_run(tmp_path, fake_papers, capsys):
-    out = tmp_path / "out"
-    code = _cli(["--only", "fake_drift,fake_crash,fake_ok,fake_missing", "--no-speed", "--output-dir", str(out)])
-    assert code == 1
+    assert _main(["--no-speed", "--output-dir", str(out)]) == 1
     captured = capsys.readouterr()
-    assert "run_all: failed: fake_drift, fake_crash" in captured.err
-    assert "RuntimeError: boom" in captured.err  # the crash's traceback is shown, then the next paper runs
-    assert (out / "fake_ok.md").is_file() and (out / "fake_drift.md").is_file()
-    assert "fake_ok_table.py --quick --output-dir" in (out / "fake_ok.md").read_text()
-    summary = captured.out[captured.out.index("summary:"):]
-    assert "fake_drift: drift" in summary and "fake_crash: error" in summary and "fake_ok: ok" in summary
-    assert "fake_missing: skipped" in summary and "no_such_module_x does not import yet" in summary
+    assert "run_all: failed: fake_drift table, fake_crash table" in captured.err
+    assert "RuntimeError: boom" in captured.err  # the crash's traceback is shown, and the next stages still ran
+    # each table script saw its own command line
+    assert (out / "fake_ok.md").read_text().endswith("fakebench/fake_ok_table.py --quick --output-dir " + str(out))
+    claims = pd.read_csv(out / "claims.csv", keep_default_na=False)
+    assert list(claims.columns) == CLAIM_COLUMNS
+    assert dict(zip(claims["claim"], claims["verdict"], strict=True)) == {
+        "fake_ok beats the baseline": "reproduced", "fake_drift beats the baseline": "not reproduced",
+        "fake_crash beats the baseline": "inconclusive"}
+    arms = pd.read_csv(out / "proxies.csv")
+    assert list(arms.columns) == PROXY_COLUMNS and len(arms) == 3
+    runs = pd.read_csv(out / "runs.csv", keep_default_na=False)
+    assert list(zip(runs["stage"], runs["status"], strict=True)) == [
+        ("table", "ok"), ("proxy fake_ok", "ok"), ("table", "drift"), ("proxy fake_drift", "ok"),
+        ("table", "error"), ("proxy fake_crash", "ok")]
 
 
-def test_a_skipped_paper_alone_is_not_a_failure(tmp_path, fake_papers):
-    assert _cli(["--only", "fake_missing", "--no-speed", "--output-dir", str(tmp_path)]) == 0
+def test_report_opens_with_the_claims_table(tmp_path, fake_papers):
+    out = tmp_path / "results"
+    assert _main(["--no-speed", "--only", "fake_ok", "--output-dir", str(out)]) == 0
+    text = (out / "README.md").read_text()
+    claims_at, runs_at = text.index("## Claims and verdicts"), text.index("## Runs")
+    assert claims_at < runs_at
+    assert "1 claims: 1 reproduced, 0 not reproduced, 0 inconclusive." in text
+    assert "| **reproduced** |" in text and "[+0.88, +1.14]" in text  # the 95 % interval of two seeds
+    assert "Command: `python -m benchmarks.run_all --no-speed --only fake_ok --output-dir" in text
 
 
-def test_full_drops_quick_and_only_keeps_order(tmp_path, fake_papers):
-    assert _cli(["--full", "--only", "fake_ok", "--no-speed", "--output-dir", str(tmp_path)]) == 0
-    assert "--quick" not in (tmp_path / "fake_ok.md").read_text()
-    assert run_all.parse_only(" dsnet, adn ,dsnet") == ["dsnet", "adn"]
-    assert run_all.parse_only(None) == list(run_all.PAPERS)
+@pytest.mark.parametrize("mode, proxy_flags", [([], []), (["--tiny"], ["--tiny"]), (["--full"], ["--full"])])
+def test_mode_flags_reach_the_proxies(tmp_path, fake_papers, mode, proxy_flags):
+    out = tmp_path / "results"
+    assert _main([*mode, "--no-speed", "--only", "fake_ok", "--output-dir", str(out)]) == 0
+    arm = pd.read_csv(out / "proxies.csv", keep_default_na=False)["arm"].item()
+    assert arm == " ".join(["fake_ok", *proxy_flags])
+
+
+def test_gather_ignores_stale_files_of_proxies_not_run(tmp_path):
+    stale = pd.DataFrame([dict.fromkeys(CLAIM_COLUMNS, "old")])
+    stale.to_csv(tmp_path / "adn_claims.csv", index=False)
+    run_all.gather(tmp_path, [])
+    assert pd.read_csv(tmp_path / "claims.csv").empty
+
+
+def test_update_readme_replaces_only_the_results_section(tmp_path, fake_papers):
+    out = tmp_path / "results"
+    assert _main(["--no-speed", "--only", "fake_ok", "--output-dir", str(out)]) == 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# Title\n\nintro\n\n## Results\n\nold numbers\n\n## Licence\n\nMIT\n")
+    report.main(["--output-dir", str(out), "--update-readme", "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old numbers" not in text and text.startswith("# Title\n\nintro\n\n## Results\n")
+    assert "### Claims and verdicts" in text and text.rstrip().endswith("## Licence\n\nMIT")
+    assert "(results/fake_ok_proxy.md)" not in text  # links only to files that exist
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--only", "adn,resnet"], "--only 'adn,resnet': unknown paper(s) resnet; choose from adn, dsnet, jeidnn"),
+    (["--only", "adn,nope"], "--only 'adn,nope': unknown paper(s) nope"),
     (["--only", ","], "unknown paper(s) (none given)"),
     (["--quick", "--full"], "not allowed with argument"),
 ])
-def test_bad_flags_are_one_line_exit_2(argv, message, capsys):
-    assert _cli(argv) == 2
+def test_bad_flags_are_one_line_errors(argv, message, capsys):
+    assert _main(argv) == 2
     err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and err.startswith("run_all: error:") and message in err
+    assert message in err and "\n" not in err
 
 
-def _speed_csv(path: Path) -> None:
-    fields = ["paper", "model", "config", "kind", "batch_size", "device", "threads", "repeats", "baseline",
-              "median_s", "baseline_s", "images_per_s", "realised_speedup", "ideal_speedup", "efficiency", "target",
-              "meets_target", "overhead", "realised", "profile"]
-    row = {"paper": "adn", "model": "resnet50-ADN", "config": "TTTT", "kind": "inference", "batch_size": "32",
-           "device": "cpu", "threads": "2", "repeats": "5", "baseline": "torchvision static", "median_s": "1.0",
-           "baseline_s": "1.5", "images_per_s": "32.0", "realised_speedup": "1.5", "ideal_speedup": "1.6",
-           "efficiency": "0.9375", "target": "0.9", "meets_target": "yes", "overhead": "", "realised": "",
-           "profile": ""}
-    short = {**row, "config": "TFFF", "efficiency": "0.85", "meets_target": "no", "profile": "ops without MACs"}
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows([row, short])
+def test_output_dir_that_is_a_file_is_refused_before_any_stage(tmp_path, capsys):
+    target = tmp_path / "results"
+    target.write_text("not a folder")
+    assert _main(["--output-dir", str(target)]) == 2
+    assert "--output-dir" in capsys.readouterr().err
+    assert target.read_text() == "not a folder"
 
 
-def test_readme_section_is_replaced_in_place_or_appended(tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
-    _speed_csv(out / "speed.csv")
-    (out / "speed_all_configs.md").write_text("# another speed run\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("# project\n\nintro\n\n## Results\n\nold numbers\n\n## Tests\n\nmake test\n")
-    report.update_readme(readme, out, "python -m benchmarks.run_all --quick")
-    text = readme.read_text()
-    assert "old numbers" not in text and text.count("## Results") == 1
-    assert text.index("## Results") < text.index("### Speed") < text.index("## Tests") and "make test" in text
-    assert "| adn | resnet50-ADN | TTTT | 32 | 32.0 | 1.50x | 1.60x | 0.94 | 0.9 | yes |" in text
-    assert "`python -m benchmarks.run_all --quick`" in text and "results/" in text
-    assert "- resnet50-ADN TFFF, batch 32 (0.85 of ideal): ops without MACs" in text  # only the row below target
-    assert "resnet50-ADN TTTT, batch 32 (" not in text
-    assert "Further speed runs, each with its own command: [speed_all_configs.md](results/speed_all_configs.md)" in text
-    readme.write_text("# project\n\nintro\n")
-    report.update_readme(readme, out, "cmd")
-    assert readme.read_text().startswith("# project\n\nintro\n\n## Results\n")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to a read-only folder")
+def test_read_only_output_dir_is_refused(tmp_path, capsys):
+    target = tmp_path / "results"
+    target.mkdir()
+    target.chmod(0o500)
+    assert _main(["--output-dir", str(target)]) == 2
+    assert "not writable" in capsys.readouterr().err
 
 
-def test_a_regenerated_report_keeps_the_run_s_statuses_and_seconds(tmp_path):
-    out = tmp_path / "results"
-    out.mkdir()
-    _speed_csv(out / "speed.csv")
-    outcomes = [run_all.Outcome("adn", "ok", 30.4), run_all.Outcome("dyt", "drift", 93.0, 1, "a column drifted")]
-    report.write_report(out, "python -m benchmarks.run_all --quick", outcomes)
-    readme = tmp_path / "README.md"
-    readme.write_text("# project\n")
-    assert report.main(report.get_args_parser().parse_args(
-        ["--output-dir", str(out), "--update-readme", "--readme", str(readme)])) == 0
-    for text in (readme.read_text(), (out / "README.md").read_text()):
-        assert "| ADN (NeurIPS 2024) | ok | 30 |" in text
-        assert "| DyT (NeurIPS 2024) | drift | 93 |" in text and "a column drifted" in text
+def test_report_of_a_missing_folder_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        run_cli(report.main, ["--output-dir", str(tmp_path / "nope")], prog="report")
+    assert exc.value.code == 2
+    assert "no such folder" in capsys.readouterr().err
