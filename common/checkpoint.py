@@ -14,9 +14,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import os
 import pickle
 import random
+import re
+import shutil
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterable, Mapping
@@ -45,30 +49,160 @@ EMA_ENTRIES = ("state_dict_ema", "model_ema")
 
 
 class CheckpointError(UserError):
-    """A checkpoint that is missing, corrupt, unsafe to load, or made for another model."""
+    """A checkpoint that is missing, corrupt, unsafe to load, made for another model, or cannot be written."""
+
+
+class OutputDirError(UserError):
+    """An output folder that cannot be used: a file, not writable, full, or held by another live run."""
 
 
 # --------------------------------------------------------------------------------------------------- saving
+TEMP_SUFFIX = ".tmp"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path | None:
     """Write ``state`` to ``path`` atomically (temp file + rename); only the main process writes.
 
-    Returns the path written, or None on other ranks.
+    The file gets the permissions of any file the user creates (``0o666`` less the umask). When the disk fills
+    or the folder cannot be written, the temporary file is removed, the previous checkpoint at ``path`` is kept
+    as it was, and the error is a :class:`CheckpointError` saying so. Returns the path written, or None on other
+    ranks.
     """
     if not is_main_process():
         return None
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+    except OSError as err:
+        raise CheckpointError(f"cannot write {path} ({err.strerror}); choose a writable output folder") from None
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(dict(state), f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        kept = " (the previous checkpoint there is kept)" if path.is_file() else ""
+        if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+            raise CheckpointError(f"no space left on device while writing {path}{kept}; free space on "
+                                  f"{path.parent} or choose another output folder") from None
+        if isinstance(err, OSError):
+            raise CheckpointError(f"cannot write {path} ({err.strerror}){kept}") from None
         raise
     return path
+
+
+def remove_stale_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporary files that :func:`save_checkpoint` of a killed run left in ``folder``; call it only
+    while holding the folder's :class:`OutputLock` (no live run writes there then). Returns what was removed."""
+    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+# ------------------------------------------------------------------------------------------- output folder
+LOCK_NAME = ".run.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def check_output_dir(path: str | Path, flag: str = "--output-dir", min_free_bytes: int = 16 << 20) -> Path:
+    """Fail before any work when ``path`` cannot hold a run's outputs: it is a file, a parent is a file or not
+    writable, or its file system has less than ``min_free_bytes`` free. Creates the folder; returns it."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{flag} {path} is an existing file, not a folder; choose a folder")
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputDirError(f"{flag} {path}: {existing} is a file, so the folder cannot be created")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{flag} {path}: {existing} is not writable; choose a folder you can write to")
+    free = shutil.disk_usage(existing).free
+    if free < min_free_bytes:
+        raise OutputDirError(f"{flag} {path}: no space left on {existing} ({free >> 20} MiB free); free space or "
+                             "choose another folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputDirError(f"{flag} {path}: cannot create it ({err.strerror})") from None
+    return path
+
+
+class OutputLock:
+    """One run per output folder: a lock file holding the owner's PID, taken with ``O_EXCL``.
+
+    A second run into a folder that a live process holds is refused, naming that process; the lock of a dead
+    process (a killed run) is taken over, and that run's stale temporary files are removed. Released on
+    :meth:`release` (or leaving the ``with`` block).
+    """
+
+    def __init__(self, folder: str | Path, flag: str = "--output-dir"):
+        self.path = Path(folder) / LOCK_NAME
+        self.flag = flag
+        self.held = False
+
+    def acquire(self) -> OutputLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and owner != os.getpid() and _pid_alive(owner):
+                    raise OutputDirError(
+                        f"{self.flag} {self.path.parent} is in use by another run (process {owner}); wait for it "
+                        f"to finish or choose another folder (remove {self.path} if that process is not a run)"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # a dead run's lock: take it over
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{os.getpid()}\n")
+            self.held = True
+            remove_stale_temporaries(self.path.parent)
+            return self
+        raise OutputDirError(f"{self.flag} {self.path.parent}: another run took the lock at the same time; retry")
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def release(self) -> None:
+        if self.held and self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+        self.held = False
+
+    def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def prepare_output_dir(path: str | Path | None, flag: str = "--output-dir") -> OutputLock | contextlib.nullcontext:
+    """:func:`check_output_dir` then an :class:`OutputLock` on it, as a context manager for the whole run; only
+    the main process locks (a ``nullcontext`` elsewhere and when ``path`` is None or empty)."""
+    if not path or not is_main_process():
+        return contextlib.nullcontext()
+    return OutputLock(check_output_dir(path, flag), flag)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -164,27 +298,42 @@ def resume(
 
 
 # -------------------------------------------------------------------------------------------------- loading
+def _torch_reason(err: Exception) -> str:
+    """The specific sentence of a ``torch.load`` error: its boilerplate about ``weights_only`` dropped, whole
+    sentences kept."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue",
+                                                             "Check the documentation"))]
+    text = " ".join(useful or lines).removeprefix("WeightsUnpickler error:").strip()
+    return text or type(err).__name__
+
+
 def load_checkpoint_file(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` and :data:`ALLOWED_GLOBALS`; every failure is a CheckpointError."""
+    """``torch.load`` with ``weights_only=True`` and :data:`ALLOWED_GLOBALS`; every failure is a CheckpointError
+    whose message tells a missing file, a folder, an empty file, an unsafe pickle and a corrupt file apart."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the checkpoint file inside it")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes), e.g. from a copy or save that did not "
+                              "finish; re-create it")
     try:
         with torch.serialization.safe_globals(ALLOWED_GLOBALS):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" in str(err):
-            name = str(err).split("GLOBAL", 1)[-1].split()[0]
+        unsafe = re.search(r"GLOBAL\s+([\w.]+)", str(err))
+        if unsafe:
             raise CheckpointError(
-                f"checkpoint {path} contains {name}, which is not on the allow-list of data-only types; "
-                "it may run code when unpickled, so it is not loaded (re-save its state dict from a trusted "
-                "session with torch.save(model.state_dict(), path))") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (its pickled data cannot be read); "
-                              "re-download or re-create it") from None
+                f"checkpoint {path} is unsafe: it names {unsafe.group(1)}, which is not on the allow-list of "
+                "data-only types and could run code when unpickled, so it is not loaded (re-save its state dict "
+                "from a trusted session with torch.save(model.state_dict(), path))") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_torch_reason(err)}); re-download or "
+                              "re-create it") from None
     except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile, OSError) as err:
-        msg = " ".join(str(err).split())[:200]
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({msg}); re-download or re-create it")\
-            from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({_torch_reason(err)}); re-download or "
+                              "re-create it") from None
 
 
 def select_state_dict(

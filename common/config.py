@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,8 @@ def _convert_one(value: Any, action: argparse.Action, where: str) -> Any:
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if kind in (int, float) and isinstance(value, (int, float)):
         return kind(value)
+    if isinstance(value, (int, float)) and kind in FLOAT_TYPES:
+        value = repr(float(value))  # checked below exactly as the same number on the command line
     if not isinstance(value, str):
         raise ConfigError(f"{where}: expected a value readable as {getattr(kind, '__name__', kind)}, got {value!r}")
     try:
@@ -156,3 +159,38 @@ def parse_args_with_config(
     if known.config:
         parser.set_defaults(**config_defaults(parser, known.config, extra_keys))
     return parser.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------ float flag values
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """``type=`` for a float flag: NaN and infinities are refused (argparse's ``float`` accepts them)."""
+    return _float(text)
+
+
+def non_negative_float(text: str) -> float:
+    """``type=`` for a finite float flag that may be 0 (weight decay, momentum, dropout)."""
+    value = _float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; give a value >= 0")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """``type=`` for a finite float flag that must be > 0 (learning rate, temperature)."""
+    value = _float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+    return value
+
+
+FLOAT_TYPES = (finite_float, non_negative_float, positive_float)

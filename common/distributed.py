@@ -7,6 +7,8 @@ helper here behaves as the single process it is.
 
 from __future__ import annotations
 
+import argparse
+import datetime
 import os
 import random
 from collections.abc import Callable
@@ -54,8 +56,21 @@ def resolve_device(device: str | None = None, local_rank: int = 0) -> torch.devi
     return dev
 
 
-def init_distributed(device: str | None = None) -> DistInfo:
-    """Join the ``torchrun`` process group if launched by it; otherwise return a single-process DistInfo."""
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    """Add ``--dist-timeout``: how long a collective waits for a silent rank before the job ends."""
+    from common.config import positive_float
+
+    parser.add_argument("--dist-timeout", type=positive_float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                        help="under torchrun, end the job when a rank has not joined a collective for this long "
+                             "(a frozen or dead rank; default: %(default)s)")
+
+
+def init_distributed(device: str | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
+    """Join the ``torchrun`` process group if launched by it; otherwise return a single-process DistInfo. A
+    collective that waits longer than ``timeout_s`` for another rank raises, so a frozen rank ends the job."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo(device=resolve_device(device))
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -64,7 +79,8 @@ def init_distributed(device: str | None = None) -> DistInfo:
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size,
-                                device_id=dev if dev.type == "cuda" else None)
+                                device_id=dev if dev.type == "cuda" else None,
+                                timeout=datetime.timedelta(seconds=timeout_s))
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
@@ -74,9 +90,10 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def run_distributed(run: Callable[[DistInfo], T], device: str | None = None) -> T:
+def run_distributed(run: Callable[[DistInfo], T], device: str | None = None,
+                    timeout_s: float = DEFAULT_TIMEOUT_S) -> T:
     """``run(info)`` inside :func:`init_distributed` / :func:`cleanup`: the ``main`` of every training script."""
-    info = init_distributed(device)
+    info = init_distributed(device, timeout_s)
     try:
         return run(info)
     finally:

@@ -18,9 +18,11 @@ import argparse
 import logging
 import math
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from common.distributed import is_main_process
 from common.errors import UserError
@@ -29,8 +31,27 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 MAX_PARAM_CHARS = 6000
 
 
+FAIL_FAST_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
 class TrackingError(UserError):
     """The tracking store cannot be opened or written."""
+
+
+def check_store(uri: str) -> None:
+    """Fail at once, with the fix, when a local store (``sqlite:///FILE``, ``file:DIR`` or a plain folder) cannot be
+    written: its folder is missing and cannot be created, or is read-only. Remote stores are checked on open."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("http", "https", "databricks") or (parsed.scheme and parsed.scheme not in ("sqlite", "file")):
+        return
+    if parsed.scheme == "sqlite":
+        target = Path(uri.removeprefix("sqlite:///")).parent
+    else:
+        target = Path(parsed.path if parsed.scheme == "file" else uri)
+    existing = next((p for p in (target, *target.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise TrackingError(f"the MLflow tracking store {uri!r} cannot be written ({existing} is not a writable "
+                            "folder); fix --mlflow-uri, or pass --no-mlflow to train without tracking")
 
 
 def add_tracking_args(parser: argparse.ArgumentParser, experiment: str) -> None:
@@ -72,12 +93,17 @@ class Tracker:
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        check_store(self.uri)
+        # an unreachable server fails in seconds, not after MLflow's minutes of retries (a user's setting wins)
+        for name, value in FAIL_FAST_ENV.items():
+            os.environ.setdefault(name, value)
         try:
             mlflow.set_tracking_uri(self.uri)
             mlflow.set_experiment(self.experiment)
             self.run_id = mlflow.start_run(run_name=self.run_name).info.run_id
         except Exception as err:  # mlflow raises many types for an unusable store
-            raise TrackingError(f"cannot open the MLflow tracking store {self.uri!r} ({str(err)[:200]}); fix "
+            reason = " ".join(str(err).split())
+            raise TrackingError(f"cannot open the MLflow tracking store {self.uri!r} ({reason[:300]}); fix "
                                 "--mlflow-uri, or pass --no-mlflow to train without tracking") from None
         self._mlflow = mlflow
         return self
@@ -100,9 +126,15 @@ class Tracker:
             self._mlflow.log_metrics(values, step=step)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        """Copy a file (checkpoint, table, plot) into the run's artifacts."""
+        """Copy a file (checkpoint, table, plot) into the run's artifacts. A failure (a full or unwritable artifact
+        store) is reported on one line and the run goes on: the file itself stays where it was saved."""
         if self._mlflow is not None:
-            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            try:
+                self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+            except Exception as err:  # mlflow raises many types for an unusable artifact store
+                reason = " ".join(str(err).split())[:300]
+                print(f"warning: MLflow could not store {path} as an artifact ({reason}); the file is kept at "
+                      f"{path}", file=sys.stderr)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self._mlflow is not None:

@@ -1,9 +1,17 @@
-"""common.checkpoint: atomic save, bit-exact resume, safe loading of foreign checkpoints, key reports."""
+"""common.checkpoint: atomic save (disk full, umask), bit-exact resume, safe loading of foreign checkpoints, key
+reports, and the output folder checks and lock."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import errno
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +20,11 @@ from torch import nn
 
 from common import checkpoint as ckpt
 from common.checkpoint import (
+    LOCK_NAME,
     CheckpointError,
+    OutputDirError,
+    OutputLock,
+    check_output_dir,
     load_checkpoint_file,
     load_pretrained,
     load_state_dict,
@@ -155,15 +167,99 @@ def test_arbitrary_objects_are_not_unpickled(tmp_path):
     assert "Payload" in str(err.value)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
 def test_corrupt_files_give_a_clear_error(tmp_path, damage):
     path = tmp_path / "broken.pth"
     torch.save(tiny_model().state_dict(), path)
     data = path.read_bytes()
-    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00not a checkpoint" * 10,
-                      "empty": b""}[damage])
-    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+    path.write_bytes({"truncate": data[: len(data) // 2], "garbage": b"\x00not a checkpoint" * 10}[damage])
+    with pytest.raises(CheckpointError, match="corrupt or truncated") as err:
         load_checkpoint_file(path)
+    message = str(err.value)
+    assert "weights_only" not in message and "Please file an issue" not in message  # torch's boilerplate dropped
+
+
+class SystemCall:
+    """Pickles as a call of ``os.system``: what a malicious checkpoint holds."""
+
+    def __reduce__(self):
+        return os.system, ("echo unpickled",)
+
+
+def test_a_blocked_global_is_reported_as_unsafe_not_corrupt(tmp_path):
+    torch.save({"model": {}, "payload": SystemCall()}, tmp_path / "evil.pth")
+    with pytest.raises(CheckpointError, match=r"is unsafe: it names posix\.system") as err:
+        load_checkpoint_file(tmp_path / "evil.pth")
+    assert "corrupt" not in str(err.value)
+
+
+def test_an_empty_file_and_a_folder_get_their_own_messages(tmp_path):
+    (tmp_path / "empty.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"is empty \(0 bytes\)"):
+        load_checkpoint_file(tmp_path / "empty.pth")
+    with pytest.raises(CheckpointError, match="is a folder; pass the checkpoint file inside it"):
+        load_checkpoint_file(tmp_path)
+
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pth"
+    save_checkpoint({"epoch": 1}, path)
+
+    def full(obj, f, *args, **kwargs):
+        f.write(b"part")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(CheckpointError, match=r"no space left on device while writing .*checkpoint\.pth \(the "
+                                              r"previous checkpoint there is kept\)"):
+        save_checkpoint({"epoch": 2}, path)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pth"]  # the temporary file is gone
+
+
+def test_checkpoints_keep_the_users_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint({"epoch": 1}, tmp_path / "c.pth")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_output_dir_checks_fail_before_any_work(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputDirError, match="is an existing file, not a folder"):
+        check_output_dir(tmp_path / "file")
+    with pytest.raises(OutputDirError, match="is a file, so the folder cannot be created"):
+        check_output_dir(tmp_path / "file" / "run")
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OutputDirError, match="no space left on"):
+        check_output_dir(tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_read_only_parent_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(OutputDirError, match="is not writable"):
+        check_output_dir(tmp_path / "run")
+
+
+def test_one_run_per_output_dir(tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(f"{other.pid}\n")
+        with pytest.raises(OutputDirError, match=f"in use by another run \\(process {other.pid}\\)"):
+            OutputLock(tmp_path).acquire()
+    finally:
+        other.kill()
+        other.wait()
+    # the same lock, now of a dead process: taken over, and the killed run's temporary files removed
+    (tmp_path / ".checkpoint.pth.abc.tmp").write_bytes(b"half")
+    (tmp_path / "checkpoint.pth").write_bytes(b"kept")
+    with OutputLock(tmp_path):
+        assert (tmp_path / LOCK_NAME).read_text().split() == [str(os.getpid())]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, "checkpoint.pth"]
+    assert not (tmp_path / LOCK_NAME).exists()
 
 
 def test_missing_file(tmp_path):

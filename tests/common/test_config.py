@@ -6,7 +6,8 @@ import argparse
 
 import pytest
 
-from common.config import ConfigError, parse_args_with_config
+from common.config import ConfigError, finite_float, non_negative_float, parse_args_with_config, positive_float
+from common.errors import ArgumentParser, UserError
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -95,3 +96,30 @@ def test_missing_file(tmp_path):
 def test_empty_file_changes_nothing(tmp_path):
     args = parse_args_with_config(make_parser(), ["-c", str(write(tmp_path, ""))])
     assert args.lr == 0.01
+
+
+@pytest.mark.parametrize("kind, text, message", [
+    (positive_float, "nan", "is not a finite number"), (positive_float, "inf", "is not a finite number"),
+    (positive_float, "0", "must be > 0"), (positive_float, "-0.1", "must be > 0"),
+    (non_negative_float, "-1e-4", "is negative"), (finite_float, "-inf", "is not a finite number"),
+    (finite_float, "ten", "is not a number"),
+])
+def test_float_flag_types_refuse_nan_inf_and_out_of_range(kind, text, message):
+    parser = ArgumentParser(prog="x")
+    parser.add_argument("--lr", type=kind, default=1.0)
+    with pytest.raises(UserError, match=f"argument --lr: '{text}' {message}"):
+        parser.parse_args([f"--lr={text}"])
+
+
+def test_float_flag_types_accept_good_values_from_the_command_line_and_a_config(tmp_path):
+    parser = ArgumentParser(prog="x")
+    parser.add_argument("--lr", type=positive_float, default=1.0)
+    parser.add_argument("--wd", type=non_negative_float, default=1.0)
+    assert parser.parse_args(["--lr", "1e-3", "--wd", "0"]).lr == 1e-3
+    cfg = tmp_path / "c.yml"
+    cfg.write_text("lr: 0.05\nwd: 0\n")
+    args = parse_args_with_config(parser, ["-c", str(cfg)])
+    assert (args.lr, args.wd) == (0.05, 0.0)
+    cfg.write_text("lr: .nan\n")
+    with pytest.raises(ConfigError, match="key 'lr': 'nan' is not a valid positive_float"):
+        parse_args_with_config(parser, ["-c", str(cfg)])

@@ -1,10 +1,12 @@
-"""common.distributed: a 2-process Gloo DDP step equals one step on the concatenated batch."""
+"""common.distributed: a 2-process Gloo DDP step equals one step on the concatenated batch; a frozen rank ends the
+job within --dist-timeout."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ from torch import nn
 
 from common.distributed import (
     DistInfo,
+    add_distributed_args,
     all_reduce_sum,
     get_world_size,
     init_distributed,
@@ -21,14 +24,41 @@ from common.distributed import (
     seed_everything,
     wrap_ddp,
 )
+from common.errors import ArgumentParser, UserError
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+FROZEN_WORKER = Path(__file__).with_name("frozen_rank_worker.py")
+
+
+def _torchrun_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def test_a_frozen_rank_ends_both_processes_within_the_timeout():
+    start = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(FROZEN_WORKER),
+         "5"], env=_torchrun_env(), capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - start
+    assert result.returncode != 0  # the job failed instead of hanging for the default 10 minutes
+    assert elapsed < 100, elapsed
+    assert "timed out" in result.stderr.lower() or "timeout" in result.stderr.lower(), result.stderr[-2000:]
+
+
+def test_dist_timeout_flag_refuses_bad_values():
+    parser = ArgumentParser(prog="x")
+    add_distributed_args(parser)
+    assert parser.parse_args([]).dist_timeout == 600.0
+    for bad in ("0", "-5", "nan"):
+        with pytest.raises(UserError, match="--dist-timeout"):
+            parser.parse_args(["--dist-timeout", bad])
 
 
 def test_two_process_gloo_step_matches_single_process(tmp_path):
     out = tmp_path / "ddp.pth"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env["OMP_NUM_THREADS"] = "1"
+    env = _torchrun_env()
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER),
          str(out)], env=env, capture_output=True, text=True, timeout=240)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import time
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -77,3 +78,36 @@ def test_unusable_store_is_a_clear_error(tmp_path):
     with pytest.raises(TrackingError, match="--no-mlflow"):
         with start_tracking(parse(["--mlflow-uri", f"sqlite:///{blocker}/sub/mlflow.db"])):
             pass
+
+
+def test_an_unreachable_server_fails_in_seconds_with_one_line(monkeypatch):
+    for name in tracking.FAIL_FAST_ENV:
+        monkeypatch.delenv(name, raising=False)
+    start = time.monotonic()
+    with pytest.raises(TrackingError, match="cannot open the MLflow tracking store 'http://127.0.0.1:9'") as err:
+        with start_tracking(parse(["--mlflow-uri", "http://127.0.0.1:9"])):
+            pass
+    assert time.monotonic() - start < 60  # MLflow's own retries take minutes
+    assert "--no-mlflow" in str(err.value)
+
+
+def test_a_read_only_local_store_is_refused_before_mlflow_opens_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(tracking.os, "access", lambda path, mode: False)
+    with pytest.raises(TrackingError, match="is not a writable folder"):
+        with start_tracking(parse(["--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])):
+            pass
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_failed_artifact_upload_is_reported_and_the_file_kept(tmp_path, monkeypatch, capsys):
+    checkpoint = tmp_path / "checkpoint.pth"
+    checkpoint.write_bytes(b"weights")
+    with start_tracking(parse(["--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db"])) as tracker:
+        def full(*args, **kwargs):
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(tracker._mlflow, "log_artifact", full)
+        tracker.log_artifact(checkpoint)
+    err = capsys.readouterr().err
+    assert "MLflow could not store" in err and "No space left on device" in err and str(checkpoint) in err
+    assert checkpoint.read_bytes() == b"weights"
