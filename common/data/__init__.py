@@ -104,7 +104,8 @@ def build_dataset(
     """Build a dataset by name (table in the module docstring); raises :class:`DataError` with the fix.
 
     Extra keyword arguments: ``imb_factor`` and ``seed`` for ``cifar100_lt``; ``num_samples``, ``num_classes``
-    and ``seed`` for ``synthetic``; ``val_fraction`` and ``seed`` for ``digits``.
+    and ``seed`` for ``synthetic``; ``val_fraction`` and ``seed`` for ``digits``; ``skip_corrupt`` for
+    ``imagenet`` / ``imagefolder`` (skip and count undecodable images instead of stopping at the first).
     """
     family = name.split("/", 1)[0]
     if family in ("digits", "synthetic"):
@@ -130,7 +131,7 @@ def build_dataset(
                         "data with --dataset digits or --dataset synthetic")
     tf = default_transform(name, split, img_size, mean, std) if transform == "default" else transform
     if family in ("imagenet", "imagefolder"):
-        dataset = image_folder(root, split, tf, name=family)
+        dataset = image_folder(root, split, tf, name=family, skip_corrupt=kwargs.get("skip_corrupt", False))
     elif family in ("cifar10", "cifar100", "svhn"):
         dataset = torchvision_dataset(family, root, split, tf, download=download)
     elif family == "cifar100_lt":

@@ -6,6 +6,7 @@ layout it expects and the embedded alternative, instead of a traceback from deep
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +40,54 @@ def check_split(name: str, split: str, allowed: tuple[str, ...]) -> None:
         raise DataError(f"dataset '{name}' has no split '{split}'; choose one of: {', '.join(allowed)}")
 
 
+class CorruptImageError(DataError):
+    """An image file that cannot be decoded. Raised inside a DataLoader worker, torch re-raises it in the main
+    process as ``CorruptImageError(<the worker's traceback>)``; the message keeps only the error's own line."""
+
+    def __init__(self, message: str):
+        if "Traceback" in message:
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+SKIP_HINT = "pass --skip-corrupt-images to skip such files"
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode an image fully (a truncated file fails here, not later in a transform) as RGB."""
+    try:
+        with open(path, "rb") as f:
+            return Image.open(f).convert("RGB")
+    except (OSError, SyntaxError, ValueError) as err:  # what PIL raises for truncated or non-image files
+        raise CorruptImageError(f"corrupt image {path} ({' '.join(str(err).split())}); replace or delete it, or "
+                                f"{SKIP_HINT}") from None
+
+
+class CheckedImageFolder(tvd.ImageFolder):
+    """``ImageFolder`` whose unreadable image is a one-line :class:`CorruptImageError` naming the file, or, with
+    ``skip_corrupt``, is replaced by the next image and counted (``skipped``, and a line on stderr each time)."""
+
+    def __init__(self, root: str, transform: Callable | None = None, skip_corrupt: bool = False):
+        super().__init__(root, transform=transform, loader=load_image)
+        self.skip_corrupt = skip_corrupt
+        self.skipped = 0
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self)):
+            try:
+                return super().__getitem__((index + offset) % len(self))
+            except CorruptImageError as err:
+                if not self.skip_corrupt:
+                    raise
+                self.skipped += 1
+                print(f"warning: skipped {err} ({self.skipped} skipped so far in this process)".replace(
+                    f"; replace or delete it, or {SKIP_HINT}", ""), file=sys.stderr)
+        raise DataError(f"every image under {self.root} is corrupt")
+
+
 # ------------------------------------------------------------------------------------------ real datasets
-def image_folder(root: str | Path, split: str, transform: Callable | None, name: str = "imagenet") -> tvd.ImageFolder:
+def image_folder(root: str | Path, split: str, transform: Callable | None, name: str = "imagenet",
+                 skip_corrupt: bool = False) -> tvd.ImageFolder:
     """ImageNet / any ImageFolder tree: ``<root>/train/<class>/<image>`` and ``<root>/val/<class>/<image>``."""
     check_split(name, split, ("train", "val"))
     folder = Path(root) / split
@@ -49,7 +96,7 @@ def image_folder(root: str | Path, split: str, transform: Callable | None, name:
     if not folder.is_dir():
         raise DataError(f"no '{split}' folder at {folder}; {name} expects {layout}; {EMBEDDED_HINT}")
     try:
-        return tvd.ImageFolder(str(folder), transform=transform)
+        return CheckedImageFolder(str(folder), transform=transform, skip_corrupt=skip_corrupt)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"{folder} holds no readable images ({err}); {name} expects {layout}; "
                         f"{EMBEDDED_HINT}") from None
@@ -148,10 +195,7 @@ class FileListDataset(Dataset):
 
     def __getitem__(self, index: int):
         path, label = self.samples[index]
-        try:
-            image = Image.open(path).convert("RGB")
-        except OSError as err:
-            raise DataError(f"cannot read image {path}: {err}") from None
+        image = load_image(path)
         return (self.transform(image) if self.transform else image), label
 
 

@@ -24,7 +24,7 @@ from common.data import (
 )
 from common.data import loader as loader_module
 from common.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from common.data.vision import FileListDataset, LongTailSubset, long_tail_counts, long_tail_indices
+from common.data.vision import CorruptImageError, FileListDataset, LongTailSubset, long_tail_counts, long_tail_indices
 from common.errors import ArgumentParser, UserError, run_cli
 
 EMBEDDED_HINT = "--dataset digits"
@@ -428,7 +428,7 @@ def test_vtab1k_empty_list(vtab_root):
 def test_vtab1k_unreadable_image(vtab_root):
     (vtab_root / "dtd" / "images" / "t.png").write_bytes(b"not a png")
     dataset = build_dataset("vtab1k/dtd", vtab_root, "test")
-    with pytest.raises(DataError, match="cannot read image"):
+    with pytest.raises(DataError, match="corrupt image .*t.png"):
         dataset[0]
 
 
@@ -637,3 +637,43 @@ def test_run_cli_passes_results_and_programming_errors_through():
 
     with pytest.raises(ValueError, match="a bug"):
         run_cli(broken, prog="x")
+
+
+def _image_tree(root, corrupt: str = "truncated"):
+    """``root/train/<class>/<n>.png``: two classes of two images, the second image of class ``b`` damaged."""
+    for cls in ("a", "b"):
+        (root / "train" / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((8, 8, 3), 40 * i, dtype=np.uint8)).save(root / "train" / cls / f"{i}.png")
+    bad = root / "train" / "b" / "1.png"
+    bad.write_bytes(bad.read_bytes()[:40] if corrupt == "truncated" else b"not an image")
+    return bad
+
+
+@pytest.mark.parametrize("corrupt", ["truncated", "garbage"])
+def test_a_corrupt_image_is_one_line_naming_the_file(tmp_path, corrupt):
+    bad = _image_tree(tmp_path, corrupt)
+    dataset = build_dataset("imagefolder", tmp_path, "train", transform=None)
+    assert dataset[0][1] == 0
+    with pytest.raises(CorruptImageError, match=f"corrupt image {bad} .*--skip-corrupt-images") as err:
+        dataset[3]
+    assert "\n" not in str(err.value)
+
+
+def test_a_corrupt_image_raised_in_a_loader_worker_keeps_its_one_line(tmp_path):
+    bad = _image_tree(tmp_path)
+    dataset = build_dataset("imagefolder", tmp_path, "train", transform=None)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, [3]), num_workers=1,
+                                         collate_fn=lambda batch: batch)
+    with pytest.raises(CorruptImageError) as err:
+        next(iter(loader))
+    assert str(err.value).startswith(f"corrupt image {bad} (") and "\n" not in str(err.value)
+
+
+def test_skip_corrupt_images_replaces_and_counts_them(tmp_path, capsys):
+    bad = _image_tree(tmp_path)
+    dataset = build_dataset("imagefolder", tmp_path, "train", transform=None, skip_corrupt=True)
+    labels = [dataset[i][1] for i in range(len(dataset))]
+    assert labels == [0, 0, 1, 0]  # the damaged image is replaced by the next one (wrapping around)
+    assert dataset.skipped == 1
+    assert f"warning: skipped corrupt image {bad}" in capsys.readouterr().err
