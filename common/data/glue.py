@@ -61,10 +61,11 @@ def glue_task(name: str) -> tuple[str, GlueTask]:
 
 
 def _rows(path: Path) -> list[tuple[int, list[str]]]:
-    """The non-blank rows of a tsv file, each with its line number in the file (for error messages)."""
+    """The non-blank rows of a tsv file, each with its line number in the file (for error messages); a UTF-8 byte
+    order mark, as spreadsheet programs write, is dropped."""
     csv.field_size_limit(sys.maxsize)
     try:
-        with path.open(encoding="utf-8", newline="") as f:
+        with path.open(encoding="utf-8-sig", newline="") as f:
             reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
             return [(reader.line_num, row) for row in reader if row and any(cell.strip() for cell in row)]
     except UnicodeDecodeError as err:
@@ -114,6 +115,8 @@ def read_glue(task: str, data_dir: str | Path, split: str = "train") -> list[dic
             record[text_key] = row[columns[column]]
         record["label"] = None if is_test else _label(row[columns[spec.label_column]], spec, path, lineno)
         records.append(record)
+    if not records:
+        raise DataError(f"{path} has a header but no rows; give the {spec.directory} {split} file with its data")
     return records
 
 

@@ -337,6 +337,19 @@ def test_empty_file(tmp_path):
         read_glue("wnli", tmp_path, "dev")
 
 
+def test_a_header_without_rows_is_one_line(tmp_path):
+    path = _write(tmp_path, "SST-2", "dev", [_tsv("sentence", "label")])
+    with pytest.raises(DataError, match=rf"{path} has a header but no rows"):
+        read_glue("sst2", tmp_path, "dev")
+
+
+def test_a_byte_order_mark_is_accepted(tmp_path):
+    path = tmp_path / "SST-2" / "dev.tsv"
+    path.parent.mkdir()
+    path.write_bytes("\ufeffsentence\tlabel\ngood film\t1\n".encode())
+    assert read_glue("sst2", tmp_path, "dev") == [{"idx": 0, "sentence": "good film", "label": 1}]
+
+
 def test_not_utf8(tmp_path):
     path = tmp_path / "SST-2" / "dev.tsv"
     path.parent.mkdir()
