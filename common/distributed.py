@@ -91,11 +91,19 @@ def cleanup() -> None:
 
 
 def run_distributed(run: Callable[[DistInfo], T], device: str | None = None,
-                    timeout_s: float = DEFAULT_TIMEOUT_S) -> T:
-    """``run(info)`` inside :func:`init_distributed` / :func:`cleanup`: the ``main`` of every training script."""
+                    timeout_s: float = DEFAULT_TIMEOUT_S, output_dir: str | os.PathLike | None = None,
+                    output_flag: str = "--output-dir") -> T:
+    """``run(info)`` inside :func:`init_distributed` / :func:`cleanup`: the ``main`` of every training script.
+
+    Given ``output_dir``, the main process checks it and holds its one-run lock for the whole run
+    (:func:`common.checkpoint.prepare_output_dir`) before ``run`` reads data or builds a model.
+    """
+    from common.checkpoint import prepare_output_dir  # common.checkpoint imports this module
+
     info = init_distributed(device, timeout_s)
     try:
-        return run(info)
+        with prepare_output_dir(output_dir, output_flag):
+            return run(info)
     finally:
         cleanup()
 

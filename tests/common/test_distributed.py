@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from common.checkpoint import LOCK_NAME
 from common.distributed import (
     DistInfo,
     add_distributed_args,
@@ -21,6 +22,7 @@ from common.distributed import (
     init_distributed,
     is_main_process,
     reduce_weighted_mean,
+    run_distributed,
     seed_everything,
     wrap_ddp,
 )
@@ -113,3 +115,19 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error(monkeypatch):
     with pytest.raises(UserError, match="--device cpu"):
         resolve_device("cuda")
     assert resolve_device(None) == torch.device("cpu")
+
+
+def test_run_distributed_checks_and_locks_the_output_dir_before_the_run(tmp_path):
+    seen = []
+
+    def run(info):
+        seen.append(sorted(p.name for p in (tmp_path / "out").iterdir()))
+        return "done"
+
+    assert run_distributed(run, "cpu", output_dir=tmp_path / "out") == "done"
+    assert seen == [[LOCK_NAME]] and not (tmp_path / "out" / LOCK_NAME).exists()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(UserError, match="--output_dir .* is an existing file"):
+        run_distributed(lambda info: seen.append("ran"), "cpu", output_dir=tmp_path / "file",
+                        output_flag="--output_dir")
+    assert seen == [[LOCK_NAME]]  # the run never started
