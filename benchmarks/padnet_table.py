@@ -1,67 +1,54 @@
-"""PAD-Net (He et al., ACL 2023): parameter and MAC counts reproduced, and the small-scale proxy experiments.
+"""PAD-Net (He et al., ACL 2023): parameter and MAC counts reproduced, and the evaluation of a given checkpoint.
 
-Part 1 (the counts, spec ``padnet.md`` Sec. a, e). Every model of ``benchmarks/paper_tables/padnet.yaml`` (static,
-DY-Conv and PAD ResNet-50/18/10 and MobileNetV2 x1.0/0.75/0.5/0.35 at 224 px, 1000 classes) is built from
+Counts (spec ``padnet.md`` Sec. a, e). Every model of ``benchmarks/paper_tables/padnet.yaml`` (static, DY-Conv and
+PAD ResNet-50/18/10 and MobileNetV2 x1.0/0.75/0.5/0.35 at 224 px, 1000 classes) is built from
 ``padnet.dyconv.models`` (on the meta device: no memory, no init) and counted: stored parameters, deployed
 parameters at kappa in {0.1, 0.3, 0.5, 1} (``padnet.dyconv.counting.deployed_params``), dynamic parameters
 kappa K N, MACs of convolutions + attention (``torch.utils.flop_counter``) and of the kernel aggregation (dense
 K N, and kappa K N when only the dynamic positions are aggregated). Exit code 1 when a count differs from the table.
 
-Part 2 (``--proxy``, on by default; spec Sec. g). On the embedded digits at 32 px, a ResNet-10 at 1/16 width trained
-with :mod:`padnet.dyconv.engine` (SGD, cosine lr, label smoothing 0.1, temperature 30 -> 1 over the first sixth of
-training): static vs fully dynamic DY-Conv (kappa = 1) vs PAD with SNIP-IMP at several kappa vs PAD with a random
-partition (the ``rand`` scorer) at the same kappa; validation top-1 as mean +- std over seeds.
+Checkpoint (``--weight FILE --config-file YAML``): a checkpoint of ``padnet/dyconv/main.py`` (or of the original)
+is validated by that entry point (``main.py -e``) on ``--dataset`` at ``--input-size``, and its deployed parameters,
+realised dynamic ratio and MACs are counted from its own masks.
 
-Part 3 (``--moe``, on by default; skipped when ``../shared/data/glue/SST-2`` is absent). MoE vs PAD-MoE (kappa 0.5,
-SNIP-IMP) on a few hundred real SST-2 sentences with the packaged MiniLM encoder, through
-``padnet.moe.run_glue_pad.main``; dev accuracy as mean +- std over seeds.
+The accuracy claims are measured by ``benchmarks/proxies/padnet.py`` (DY-Conv) and ``padnet_moe.py`` (MoE).
+Writes ``padnet.md`` and ``padnet_counts.csv`` to ``--output-dir``::
 
-Writes ``padnet.md``, ``padnet_counts.csv``, ``padnet.csv``, ``padnet_moe.csv`` and ``padnet_proxy.png`` to
-``--output-dir``::
-
-    python -m benchmarks.padnet_table                 # everything (about 10 minutes on one CPU thread)
-    python -m benchmarks.padnet_table --quick         # CI-sized: x1.0 / ResNet-50 counts, short proxy, no MoE
-    python -m benchmarks.padnet_table --no-proxy --no-moe   # the counts only
+    python -m benchmarks.padnet_table                # all 17 models
+    python -m benchmarks.padnet_table --quick        # the ResNet-50 and MobileNetV2 x1.0 rows
+    python -m benchmarks.padnet_table --quick --weight ckpt/model_best.pth.tar \\
+        --config-file padnet/dyconv/configs/digits_pad_resnet10_s0.0625.yml --dataset digits --input-size 16
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import platform
+import contextlib
+import io
 import shlex
-import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from benchmarks.tables import markdown_table, write_csv
+from benchmarks.tables import machine_info, markdown_table, write_csv
 from common.config import load_yaml
-from common.data import build_dataset, build_loader
-from common.distributed import seed_everything
 from common.errors import ArgumentParser, UserError, run_cli
-from padnet.dyconv.counting import count_model_macs, deployed_params, param_breakdown, stored_params
-from padnet.dyconv.engine import label_smoothing_loss, train_one_epoch, validate
-from padnet.dyconv.main import dynamic_ratios, prune_loader, run_mode_partition
+from padnet.dyconv import main as dyconv_main
+from padnet.dyconv.counting import count_model_macs, deployed_params, dynamic_params, param_breakdown, stored_params
 from padnet.dyconv.models import build_model
 
 PROG = "padnet_table"
 PAPER_TABLE = Path(__file__).resolve().parent / "paper_tables" / "padnet.yaml"
-SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue" / "SST-2"
 QUICK_VARIANTS = ("static_resnet50", "dy_resnet50", "pad_resnet50", "static_mobilenetv2_w1.0", "dy_mobilenetv2_w1.0",
                   "pad_mobilenetv2_w1.0")
 MODEL_KEYS = ("variant", "type", "kwargs", "stored_params", "macs", "aggregation")
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {std:.2f}"
+COUNT_COLUMNS = ("variant", "type", "kappa", "stored_params", "stored_params_original", "deployed_params",
+                 "deployed_params_original", "dynamic_params", "macs", "macs_original", "aggregation_macs",
+                 "sparse_aggregation_macs")
 
 
 # ---------------------------------------------------------------------------------------------- Part 1: counts
@@ -115,170 +102,63 @@ def format_counts(rows: Sequence[dict[str, Any]], kappas: Sequence[float]) -> st
 
 
 def write_counts_csv(rows: Sequence[dict[str, Any]], kappas: Sequence[float], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["variant", "type", "kappa", "stored_params", "stored_params_original", "deployed_params",
-                         "deployed_params_original", "dynamic_params", "macs", "macs_original", "aggregation_macs",
-                         "sparse_aggregation_macs"])
-        for r in rows:
-            ours, table = r["ours"], r["table"]
-            for k in kappas if ours["deployed"] else [None]:
-                def pick(values: dict | None, k: float | None = k) -> Any:
-                    return values[k] if values and k is not None else ""
-                writer.writerow([r["variant"], r["type"], "" if k is None else k, ours["stored_params"],
-                                 table["stored_params"], pick(ours["deployed"]), pick(table.get("deployed")),
-                                 pick(ours["dynamic_params"]), ours["macs"], table["macs"], ours["aggregation"],
-                                 pick(ours["sparse_aggregation"])])
+    """``padnet_counts.csv`` (read by ``benchmarks/report.py``): one line per model, per kappa for PAD models."""
+    lines = []
+    for r in rows:
+        ours, table = r["ours"], r["table"]
+        for k in kappas if ours["deployed"] else [None]:
+            def pick(values: dict | None, k: float | None = k) -> Any:
+                return values[k] if values and k is not None else ""
+            lines.append(dict(zip(COUNT_COLUMNS, [
+                r["variant"], r["type"], "" if k is None else k, ours["stored_params"], table["stored_params"],
+                pick(ours["deployed"]), pick(table.get("deployed")), pick(ours["dynamic_params"]), ours["macs"],
+                table["macs"], ours["aggregation"], pick(ours["sparse_aggregation"])], strict=True)))
+    write_csv(path, lines, COUNT_COLUMNS)
 
 
-# ----------------------------------------------------------------------------------------------- Part 2: proxy
-def proxy_arms(kappas: Sequence[float]) -> list[dict[str, Any]]:
-    """Static, fully dynamic, PAD (SNIP-IMP) and PAD (random partition) at each kappa (spec Sec. g)."""
-    arms = [{"arm": "static", "type": "resnet10", "kappa": None, "pruner": None},
-            {"arm": "DY-Conv (kappa=1)", "type": "DyResNet10", "kappa": 1.0, "pruner": None}]
-    for pruner, name in (("snip", "PAD SNIP-IMP"), ("rand", "PAD random")):
-        arms += [{"arm": f"{name} kappa={k:g}", "type": "DyResNet10_PAD", "kappa": k, "pruner": pruner}
-                 for k in kappas]
-    return arms
-
-
-def _proxy_args(args: argparse.Namespace, arm: dict[str, Any], seed: int) -> SimpleNamespace:
-    """The training flags of padnet/dyconv/main.py for one proxy run."""
-    return SimpleNamespace(epochs=args.epochs, temp_epoch=max(1, args.epochs // 6), temp_init=30.0, lr=args.lr,
-                           lr_decay="cos", step=30, schedule=[30, 60, 90], gamma=0.1, warmup=False, mixup=0.0,
-                           seed=seed, pruner=arm["pruner"], sparsity=arm["kappa"], prune_epochs=1,
-                           compression_schedule="exponential", mask_scope="global", prune_train_mode=False,
-                           prune_dataset_ratio=args.prune_batches, batch_size=args.batch_size, workers=0)
-
-
-def run_proxy_arm(arm: dict[str, Any], seed: int, data: tuple, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one arm for one seed; returns the final validation metrics and the model's parameter counts."""
-    train_set, val_set = data
-    device = torch.device("cpu")
-    run_args = _proxy_args(args, arm, seed)
-    seed_everything(seed, per_rank=False)
-    kwargs = {"num_classes": 10, "scale": args.scale}
-    if arm["type"] == "DyResNet10_PAD":
-        kwargs["Lambda"] = "both"
-    model = build_model(arm["type"], **kwargs)
-    criterion = label_smoothing_loss(0.1, 10)
-    realised = None
-    if arm["pruner"] is not None:
-        run_mode_partition(model, criterion, prune_loader(train_set, run_args), run_args)
-        realised = dynamic_ratios(model)["overall"]
-    optimizer = torch.optim.SGD(model.parameters(), args.lr, momentum=0.9, weight_decay=1e-4)
-    train_loader = build_loader(train_set, args.batch_size, train=True, seed=seed)
-    val_loader = build_loader(val_set, 256, train=False)
-    start = time.time()
-    for epoch in range(args.epochs):
-        seed_everything(seed + epoch, per_rank=False)
-        train_loader.generator.manual_seed(seed + epoch)
-        train_one_epoch(model, criterion, optimizer, train_loader, device, epoch, run_args)
-    val = validate(model, criterion, val_loader, device)
-    return {"arm": arm["arm"], "seed": seed, "acc1": val["acc1"], "loss": val["loss"], "kappa_realised": realised,
+# ------------------------------------------------------------------------------------------- checkpoint
+def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
+    """Validate ``--weight`` with ``padnet/dyconv/main.py -e`` and count the checkpoint's own model: stored and
+    deployed parameters, dynamic parameters K D and the realised dynamic ratio D / N, MACs at ``--input-size``."""
+    argv = ["-e", "--weight", args.weight, "--config_file", args.config_file, "--dataset", args.dataset,
+            "--input-size", str(args.input_size), "-b", str(args.batch_size), "-j", str(args.workers), "--no-mlflow"]
+    if args.data:
+        argv += ["-d", args.data]
+    entry_args = dyconv_main.parse_args(argv)
+    with contextlib.redirect_stderr(io.StringIO()):  # the entry point's progress bar
+        result = dyconv_main.main(entry_args)
+    config = dyconv_main.load_model_config(args.config_file)
+    model = build_model(config["type"], **config["kwargs"])
+    dyconv_main.load_weight(model, args.weight)
+    macs = count_model_macs(model, (3, args.input_size, args.input_size))
+    kernels = param_breakdown(model).dynamic_kernels
+    return {"weight": args.weight, "model": config["type"], "dataset": args.dataset, "input_size": args.input_size,
+            **{k: result["evaluate"][k] for k in ("acc1", "acc5", "loss")}, "temperature": result["temperature"],
             "stored_params": stored_params(model), "deployed_params": deployed_params(model),
-            "seconds": time.time() - start}
+            "dynamic_params": dynamic_params(model),
+            "dynamic_ratio": dynamic_params(model) / kernels if kernels else 0.0,
+            "macs": macs.conv_and_attention, "aggregation_macs": macs.aggregation}
 
 
-def run_proxy(args: argparse.Namespace) -> list[dict[str, Any]]:
-    data = (build_dataset("digits", split="train", img_size=32, transform=None),
-            build_dataset("digits", split="val", img_size=32, transform=None))
-    runs = []
-    for arm in proxy_arms(args.kappas):
-        for seed in range(args.seeds):
-            run = run_proxy_arm(arm, seed, data, args)
-            print(f"  {run['arm']:<26} seed {seed}: top-1 {run['acc1']:.2f}  ({run['seconds']:.0f} s)", flush=True)
-            runs.append(run)
-    return runs
-
-
-def format_proxy(runs: Sequence[dict[str, Any]]) -> str:
-    body = []
-    for arm in dict.fromkeys(r["arm"] for r in runs):
-        group = [r for r in runs if r["arm"] == arm]
-        kappa = group[0]["kappa_realised"]
-        body.append([arm, _mean_std([r["acc1"] for r in group]), _mean_std([r["loss"] for r in group]),
-                     "–" if kappa is None else f"{kappa:.3f}", f"{group[0]['stored_params']:,}",
-                     f"{group[0]['deployed_params']:,}", len(group)])
-    return markdown_table(["arm", "val top-1 (%)", "val loss", "dynamic ratio (realised)", "stored params",
-                      "deployed params", "seeds"], body)
-
-
-def plot_proxy(runs: Sequence[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    arms = list(dict.fromkeys(r["arm"] for r in runs))
-    for family, marker in (("static", "s"), ("DY-Conv", "D"), ("PAD SNIP-IMP", "o-"), ("PAD random", "^--")):
-        points = []
-        for arm in arms:
-            if arm.startswith(family):
-                group = [r for r in runs if r["arm"] == arm]
-                acc = [r["acc1"] for r in group]
-                points.append((group[0]["deployed_params"], statistics.mean(acc),
-                               statistics.stdev(acc) if len(acc) > 1 else 0.0))
-        if points:
-            points.sort()
-            ax.errorbar([p[0] / 1e3 for p in points], [p[1] for p in points], yerr=[p[2] for p in points],
-                        fmt=marker, capsize=3, label=family)
-    ax.set_xlabel("deployed parameters (thousands)")
-    ax.set_ylabel("digits val top-1 (%), mean ± std over seeds")
-    ax.set_title("PAD-Net proxy: ResNet-10 (1/16 width) on digits 32x32")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ------------------------------------------------------------------------------------------------- Part 3: MoE
-def run_moe(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """MoE vs PAD-MoE on real SST-2 with the packaged MiniLM encoder (``run_glue_pad.main``), per seed."""
-    from padnet.moe.run_glue_pad import main as run_glue_pad
-
-    runs = []
-    for name, extra in (("MoE", ["--use_moe", "MoE"]),
-                        ("PAD-MoE kappa=0.5", ["--use_moe", "PadMoE", "--sparsity", "0.5", "--pruner", "snip"])):
-        for seed in range(args.moe_seeds):
-            with tempfile.TemporaryDirectory() as out:
-                argv = ["--task_name", "sst2", "--data_dir", str(args.sst2), "--do_train", "--do_eval",
-                        "--max_train_samples", str(args.moe_train), "--max_eval_samples", str(args.moe_eval),
-                        "--max_seq_length", "64", "--per_device_train_batch_size", "16", "--num_train_epochs", "1",
-                        "--learning_rate", str(args.moe_lr), "--n_experts", "4", "--k", "2", "--seed", str(seed),
-                        "--length", "2", "--save_strategy", "no", "--output_dir", out, "--no_mlflow",
-                        "--report_to", "none", *extra]
-                start = time.time()
-                metrics = run_glue_pad(argv)
-            acc = next(v for k, v in metrics.get("eval", metrics).items() if k.endswith("accuracy"))
-            acc = 100 * acc if acc <= 1 else acc
-            print(f"  {name:<18} seed {seed}: SST-2 dev accuracy {acc:.2f}  ({time.time() - start:.0f} s)",
-                  flush=True)
-            runs.append({"arm": name, "seed": seed, "accuracy": acc, "seconds": time.time() - start})
-    return runs
-
-
-def format_moe(runs: Sequence[dict[str, Any]]) -> str:
-    body = [[arm, _mean_std([r["accuracy"] for r in runs if r["arm"] == arm]),
-             sum(r["arm"] == arm for r in runs)] for arm in dict.fromkeys(r["arm"] for r in runs)]
-    return markdown_table(["arm", "SST-2 dev accuracy (%)", "seeds"], body)
+def format_checkpoint(row: dict[str, Any]) -> str:
+    return markdown_table(
+        ["checkpoint", "model", "data", "top-1 (%)", "top-5 (%)", "loss", "temperature", "stored params",
+         "deployed params", "dynamic ratio", "conv+attention MACs (M)", "+ aggregation MACs (M, dense)"],
+        [[row["weight"], row["model"], f"{row['dataset']} {row['input_size']} px", f"{row['acc1']:.2f}",
+          f"{row['acc5']:.2f}", f"{row['loss']:.4f}", f"{row['temperature']:g}", f"{row['stored_params']:,}",
+          f"{row['deployed_params']:,}", f"{row['dynamic_ratio']:.3f}", f"{row['macs'] / 1e6:.3f}",
+          f"{row['aggregation_macs'] / 1e6:.3f}"]])
 
 
 # ------------------------------------------------------------------------------------------------------ main
 def run(args: argparse.Namespace) -> int:
-    """Run the chosen parts, print and write the report; 1 when a count drifts from the table."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """Count, compare, optionally evaluate, print and write the report; 1 when a count drifts from the table."""
     if not Path(args.paper_table).is_file():
         raise UserError(f"--paper-table {args.paper_table} does not exist (the default is {PAPER_TABLE})")
     table = load_yaml(args.paper_table)
     check_paper_table(table, args.paper_table)
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    command = f"python -m benchmarks.padnet_table {shlex.join(args.argv)}".strip()
-    machine = f"{platform.platform()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}"
     start = time.time()
     kappas = [float(k) for k in table["kappas"]]
     models = [m for m in table["models"] if not args.quick or m["variant"] in QUICK_VARIANTS]
@@ -288,40 +168,17 @@ def run(args: argparse.Namespace) -> int:
     ok = all(r["ok"] for r in rows)
     print("counts: " + ("every count of every model reproduced exactly" if ok else "DIFFERENCES above"))
     write_counts_csv(rows, kappas, out_dir / "padnet_counts.csv")
-    sections = [f"# PAD-Net: parameters, MACs and proxy experiments\n\nCommand: `{command}`\n\nMachine: {machine}\n",
+    command = f"python -m benchmarks.padnet_table {shlex.join(args.argv)}".strip()
+    sections = [f"# PAD-Net: parameters and MACs\n\nCommand: `{command}`\n\nMachine: {machine_info()}\n",
                 "## Parameters and MACs at 224x224, 1000 classes (spec Sec. a, e)\n",
                 f"Reference: {table.get('source', args.paper_table)}. Deployed = other + attention + phi + "
-                "kappa K N + (1 - kappa) N; dynamic params = kappa K N; MACs at batch 1 (multiply-adds).\n", counts_md]
-    if args.proxy:
-        print(f"proxy: {len(proxy_arms(args.kappas))} arms x {args.seeds} seeds, {args.epochs} epochs each")
-        runs = run_proxy(args)
-        proxy_md = format_proxy(runs)
-        print(proxy_md)
-        write_csv(out_dir / "padnet.csv", runs)
-        plot_proxy(runs, out_dir / "padnet_proxy.png")
-        sections += ["\n## Proxy on digits (spec Sec. g)\n",
-                     f"ResNet-10 at width scale {args.scale} on the embedded digits (1,437 train / 360 val, 32x32), "
-                     f"{args.epochs} epochs, batch {args.batch_size}, SGD lr {args.lr} cosine, momentum 0.9, wd 1e-4, "
-                     f"label smoothing 0.1, temperature 30 -> 1 over {max(1, args.epochs // 6)} epoch(s); IMP "
-                     f"(1 round, global) on {args.prune_batches} batches before training; seeds 0..{args.seeds - 1}. "
-                     "PAD uses Lambda both. Static = the static ResNet-10 (model/resnet.py) at the same scale, whose "
-                     "stem is narrowed too (4 instead of 64 channels).\n",
-                     proxy_md, "\n![proxy](padnet_proxy.png)"]
-    if args.moe:
-        if not Path(args.sst2).is_dir():
-            print(f"MoE part skipped: {args.sst2} is absent")
-            sections.append(f"\n## MoE vs PAD-MoE on SST-2\n\nSkipped: {args.sst2} is absent.")
-        else:
-            moe_runs = run_moe(args)
-            moe_md = format_moe(moe_runs)
-            print(moe_md)
-            write_csv(out_dir / "padnet_moe.csv", moe_runs)
-            sections += ["\n## MoE vs PAD-MoE on SST-2 (spec Sec. g)\n",
-                         f"The packaged MiniLM encoder (all-MiniLM-L6-v2) with both FFN linears of every layer turned "
-                         f"into 4 upcycled experts (top-2), the first {args.moe_train} SST-2 training sentences, 1 "
-                         f"epoch at lr {args.moe_lr:g} (AdamW, linear decay), batch 16, 64 tokens, the first "
-                         f"{args.moe_eval} dev sentences; PAD-MoE at kappa 0.5 via SNIP-IMP; seeds "
-                         f"0..{args.moe_seeds - 1}.\n", moe_md]
+                "kappa K N + (1 - kappa) N; dynamic params = kappa K N; MACs at batch 1 (multiply-adds).\n", counts_md,
+                "\nThe accuracy claims: `python -m benchmarks.proxies.padnet` (DY-Conv, digits) and "
+                "`python -m benchmarks.proxies.padnet_moe` (MoE, SST-2).\n"]
+    if args.weight:
+        checkpoint_md = format_checkpoint(evaluate_checkpoint(args))
+        print(checkpoint_md)
+        sections += ["\n## Checkpoint evaluated with padnet/dyconv/main.py -e\n", checkpoint_md]
     sections.append(f"\nWall time: {time.time() - start:.0f} s.")
     (out_dir / "padnet.md").write_text("\n".join(sections) + "\n")
     print(f"wrote {out_dir / 'padnet.md'} ({time.time() - start:.0f} s)")
@@ -333,46 +190,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add("--paper-table", default=str(PAPER_TABLE), help="the counts table (default: %(default)s)")
     add("--output-dir", default="results", help="where the report goes (default: %(default)s)")
-    add("--quick", action="store_true",
-        help="CI-sized: the ResNet-50 / MobileNetV2 x1.0 counts, 2 proxy epochs, 2 seeds, kappa 0.3 and 0.5; no "
-             "MoE part unless --moe (then 64 sentences, 1 seed)")
-    add("--proxy", action=argparse.BooleanOptionalAction, default=True, help="run the digits proxy (default: on)")
-    add("--moe", action=argparse.BooleanOptionalAction, default=None,
-        help="run MoE vs PAD-MoE on SST-2 when --sst2 exists (default: on, off with --quick)")
-    add("--kappas", type=float, nargs="+", default=[0.1, 0.3, 0.5], help="proxy PAD dynamic ratios (default: "
-                                                                          "0.1 0.3 0.5)")
-    add("--epochs", type=int, default=4, help="proxy training epochs (default: %(default)s)")
-    add("--seeds", type=int, default=3, help="proxy seeds (default: %(default)s)")
-    add("--scale", type=float, default=0.0625, help="proxy ResNet-10 width scale (default: %(default)s)")
-    add("--batch-size", type=int, default=64, help="proxy batch size (default: %(default)s)")
-    add("--lr", type=float, default=0.1, help="proxy learning rate (default: %(default)s)")
-    add("--prune-batches", type=int, default=4, help="IMP batches of --batch-size images (default: %(default)s)")
-    add("--sst2", default=str(SST2), help="SST-2 folder with train.tsv / dev.tsv (default: %(default)s)")
-    add("--moe-train", type=int, default=256, help="SST-2 training sentences (default: %(default)s)")
-    add("--moe-eval", type=int, default=256, help="SST-2 dev sentences (default: %(default)s)")
-    add("--moe-lr", type=float, default=3e-4,
-        help="MoE learning rate (default: %(default)s; 5e-5, HF's default, leaves both arms at the majority class "
-             "after the few steps here)")
-    add("--moe-seeds", type=int, default=2, help="MoE seeds (default: %(default)s)")
-    add("--threads", type=int, default=0, help="torch threads (default: 0 = torch's default)")
+    add("--quick", action="store_true", help="only the ResNet-50 and MobileNetV2 x1.0 rows")
+    add("--weight", default="", help="a checkpoint of padnet/dyconv/main.py (or the original's) to evaluate")
+    add("--config-file", default="", help="the model config of --weight (padnet/dyconv/configs/*.yml)")
+    add("--dataset", default="imagenet", choices=dyconv_main.DATASETS,
+        help="validation data of --weight, as main.py's --dataset (default: %(default)s)")
+    add("-d", "--data", default="", help="ImageNet root with val/ (for --dataset imagenet)")
+    add("--input-size", type=int, default=224, help="image size of the evaluation and the MACs (default: %(default)s)")
+    add("-b", "--batch-size", type=int, default=256, help="evaluation batch size (default: %(default)s)")
+    add("-j", "--workers", type=int, default=4, help="data loading workers (default: %(default)s)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` (``--quick`` shrinks the runs) and run; returns the exit status (1 on a count drift)."""
+    """Parse ``argv`` and run; returns the exit status (1 on a count drift)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     args.argv = argv
-    if args.quick:
-        args.epochs, args.seeds, args.kappas = 2, 2, [0.3, 0.5]
-        args.moe_train, args.moe_eval, args.moe_seeds = 64, 64, 1
-    if args.moe is None:
-        args.moe = not args.quick
-    for flag, value in (("--epochs", args.epochs), ("--seeds", args.seeds), ("--moe-seeds", args.moe_seeds)):
-        if value < 1:
-            raise UserError(f"{flag} must be at least 1, got {value}")
-    if any(not 0 < k <= 1 for k in args.kappas):
-        raise UserError(f"--kappas must lie in (0, 1], got {args.kappas}")
+    if args.config_file and not args.weight:
+        raise UserError("--config-file is read with --weight only (the checkpoint to evaluate)")
+    if args.weight and not args.config_file:
+        raise UserError("--weight needs --config-file, the model config it was trained with "
+                        "(padnet/dyconv/configs/*.yml)")
+    if args.weight and not Path(args.weight).is_file():
+        raise UserError(f"--weight {args.weight} does not exist")
     return run(args)
 
 

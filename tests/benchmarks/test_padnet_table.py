@@ -1,55 +1,80 @@
-"""benchmarks/padnet_table.py: every parameter / MAC count reproduced (exit 1 on drift), a tiny proxy, errors."""
+"""benchmarks/padnet_table.py: every parameter / MAC count reproduced (exit 1 on drift), the evaluation of a given
+checkpoint through padnet/dyconv/main.py, and one-line errors."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import yaml
 
-from benchmarks.padnet_table import PAPER_TABLE, format_proxy, main, proxy_arms, run_proxy_arm
-from common.data import build_dataset
+from benchmarks.padnet_table import COUNT_COLUMNS, PAPER_TABLE, main
 from common.errors import run_cli
+from padnet.dyconv import main as dyconv_main
+
+PAD_CONFIG = Path(__file__).resolve().parents[2] / "padnet" / "dyconv" / "configs" / "digits_pad_resnet10_s0.0625.yml"
+
+
+def _cells(row: str) -> list[str]:
+    return [c.strip() for c in row.strip().strip("|").split("|")]
 
 
 def test_counts_reproduced_and_drift_fails(tmp_path, capsys):
-    assert main(["--quick", "--no-proxy", "--output-dir", str(tmp_path / "ok")]) == 0
+    assert main(["--quick", "--output-dir", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "every count of every model reproduced exactly" in out
-    assert "| pad_resnet50 | 120,583,980 | 120,583,980 | 33.84 / 47.90 / 61.97 / 97.14 |" in out
+    row = next(line for line in out.splitlines() if line.startswith("| pad_resnet50 "))
+    assert _cells(row)[:4] == ["pad_resnet50", "120,583,980", "120,583,980", "33.84 / 47.90 / 61.97 / 97.14"]
+    assert _cells(row)[-1] == "ok"
     report = (tmp_path / "ok" / "padnet.md").read_text()
-    assert "Command: `python -m benchmarks.padnet_table --quick --no-proxy" in report
+    assert "Command: `python -m benchmarks.padnet_table --quick" in report and "benchmarks.proxies.padnet" in report
     rows = (tmp_path / "ok" / "padnet_counts.csv").read_text().splitlines()
-    assert rows[0].startswith("variant,type,kappa,stored_params") and len(rows) == 1 + 4 * 2 + 4
+    assert rows[0] == ",".join(COUNT_COLUMNS) and len(rows) == 1 + 4 * 2 + 4
+    pad50 = "pad_resnet50,DyResNet50_PAD,0.3,120583980,120583980,47902918,47902918,28134605,"
+    assert any(r.startswith(pad50) for r in rows)
 
     table = yaml.safe_load(PAPER_TABLE.read_text())
     pad50 = next(m for m in table["models"] if m["variant"] == "pad_resnet50")
     pad50["deployed"][0.3] += 1
     tampered = tmp_path / "tampered.yaml"
     tampered.write_text(yaml.safe_dump(table))
-    assert main(["--quick", "--no-proxy", "--paper-table", str(tampered), "--output-dir", str(tmp_path / "bad")]) == 1
+    assert main(["--quick", "--paper-table", str(tampered), "--output-dir", str(tmp_path / "bad")]) == 1
     assert "DIFFERS" in capsys.readouterr().out
 
 
-def test_tiny_proxy_arm_trains_and_partitions(tmp_path):
-    """One PAD arm with SNIP-IMP at kappa 0.3 for one epoch on digits: the mask holds 30% dynamic positions and
-    the deployed count sits between the static and the fully dynamic model's."""
-    args = SimpleNamespace(epochs=1, lr=0.1, batch_size=128, prune_batches=1, scale=0.0625)
-    data = (build_dataset("digits", split="train", img_size=16, transform=None),
-            build_dataset("digits", split="val", img_size=16, transform=None))
-    arm = next(a for a in proxy_arms([0.3]) if a["arm"] == "PAD SNIP-IMP kappa=0.3")
-    run = run_proxy_arm(arm, 0, data, args)
-    assert run["kappa_realised"] == pytest.approx(0.3, abs=1e-3)
-    assert run["deployed_params"] < run["stored_params"] and 0.0 <= run["acc1"] <= 100.0
-    assert "PAD SNIP-IMP kappa=0.3 | " in format_proxy([run])
+def test_evaluates_a_given_checkpoint(tmp_path, capsys):
+    """A PAD ResNet-10 trained for one epoch at kappa 0.3 by main.py: its top-1 comes from main.py -e, its deployed
+    parameters and dynamic ratio from its own mask."""
+    ckpt = tmp_path / "ckpt"
+    dyconv_main.main(dyconv_main.parse_args([
+        "--dataset", "digits", "--input-size", "16", "--config_file", str(PAD_CONFIG), "-j", "0", "-b", "128",
+        "--epochs", "1", "--lr-decay", "cos", "--temp_epoch", "1", "--pruner", "snip", "--sparsity", "0.3",
+        "--prune_dataset_ratio", "1", "--device", "cpu", "--no-mlflow", "-c", str(ckpt)]))
+    capsys.readouterr()
+    assert main(["--quick", "--output-dir", str(tmp_path / "out"), "--weight", str(ckpt / "checkpoint.pth.tar"),
+                 "--config-file", str(PAD_CONFIG), "--dataset", "digits", "--input-size", "16", "-j", "0"]) == 0
+    report = (tmp_path / "out" / "padnet.md").read_text()
+    assert "## Checkpoint evaluated with padnet/dyconv/main.py -e" in report
+    row = next(line for line in report.splitlines() if "checkpoint.pth.tar |" in line)
+    cells = _cells(row)
+    assert cells[1] == "DyResNet10_PAD" and cells[2] == "digits 16 px"
+    assert 10 < float(cells[3]) <= 100 and float(cells[9]) == 0.3
+    assert int(cells[8].replace(",", "")) < int(cells[7].replace(",", ""))  # deployed < stored
 
 
-def test_bad_paper_table_is_one_line(tmp_path, capsys):
+@pytest.mark.parametrize(("args", "message"), [
+    (["--paper-table", "nope.yaml"], "does not exist"),
+    (["--paper-table", "BAD"], "model 0 lacks type"),
+    (["--weight", "x.pth.tar"], "--weight needs --config-file"),
+    (["--config-file", "x.yml"], "--config-file is read with --weight only"),
+    (["--weight", "missing.pth.tar", "--config-file", str(PAD_CONFIG), "--dataset", "digits"], "does not exist"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, args, message):
     bad = tmp_path / "bad.yaml"
     bad.write_text("kappas: [0.3]\nmodels: [{variant: x}]\n")
-    for table, message in ((tmp_path / "nope.yaml", "does not exist"), (bad, "model 0 lacks type")):
-        with pytest.raises(SystemExit) as exit_info:
-            run_cli(main, ["--no-proxy", "--paper-table", str(table), "--output-dir", str(tmp_path)],
-                    prog="padnet_table")
-        err = capsys.readouterr().err.strip()
-        assert exit_info.value.code == 2 and err.startswith("padnet_table: error:") and message in err
+    args = [str(bad) if a == "BAD" else str(tmp_path / a) if a in ("nope.yaml", "missing.pth.tar") else a
+            for a in args]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main, ["--quick", *args, "--output-dir", str(tmp_path / "out")], prog="padnet_table")
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err.startswith("padnet_table: error:") and message in err and "\n" not in err

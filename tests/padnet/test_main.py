@@ -168,7 +168,7 @@ def test_imp_runs_for_the_pad_mobilenet_too(tmp_path, capsys):
 def test_every_shipped_config_names_a_registered_model():
     files = sorted(CONFIGS.glob("*.yml"))
     types = {load_model_config(str(f))["type"] for f in files}
-    assert {"resnet50", "DyResNet10", "DyResNet18", "DyResNet50", "DyResNet10_PAD", "DyResNet18_PAD",
+    assert {"resnet10", "resnet50", "DyResNet10", "DyResNet18", "DyResNet50", "DyResNet10_PAD", "DyResNet18_PAD",
             "DyResNet50_PAD", "mobilenetv2", "Dymobilenetv2", "Dymobilenetv2_PAD"} <= types
     widths = {load_model_config(str(f))["kwargs"].get("width_multiplier") for f in files}
     assert {1.0, 0.75, 0.5, 0.35} <= widths
