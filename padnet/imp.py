@@ -17,7 +17,8 @@ signature ``score_fn(model, masks) -> {name: scores of the mask's shape}``:
   original's ``Mag`` does not).
 
 Exactly ``N - floor((1 - kappa_e) N)`` entries stay dynamic: ties at the threshold (e.g. zero gradients at
-kernel positions that only ever see padding) are broken by position, earlier entries staying dynamic. Without
+kernel positions that only ever see padding) are broken by position, earlier entries staying dynamic. Scores that
+are *all* equal (a partition position alone would decide) raise :class:`NoSignalError`. Without
 ties this is the original's ``M = score > kthvalue(scores, floor((1 - kappa_e) N))``, which with ties leaves
 fewer dynamic entries than asked.
 """
@@ -30,7 +31,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-__all__ = ["SCHEDULES", "SCOPES", "SCORERS", "ModeMask", "classification_loss", "dynamic_ratio",
+__all__ = ["SCHEDULES", "SCOPES", "SCORERS", "ModeMask", "NoSignalError", "classification_loss", "dynamic_ratio",
            "iterative_mode_partition", "mag_scores", "mode_mask_from_scores", "rand_scores", "round_target",
            "snip_scores"]
 
@@ -97,16 +98,31 @@ def _check_masks(masks: Mapping[str, ModeMask]) -> None:
         seen[key] = name
 
 
+class NoSignalError(ValueError):
+    """All IMP scores that a threshold would compare are equal: the partition would follow position, not data."""
+
+
+def _check_signal(scores: torch.Tensor, kappa: float, where: str) -> None:
+    """Refuse a partition that only the position tie-break would decide (every score equal, e.g. all zero)."""
+    num_static = int((1.0 - kappa) * scores.numel())
+    scores = torch.nan_to_num(scores.detach().flatten(), nan=0.0)  # 0 / 0 from normalising all-zero scores
+    if 0 < num_static < scores.numel() and bool((scores == scores[0]).all()):
+        raise NoSignalError(f"all {scores.numel()} IMP scores {where} equal {float(scores[0]):g}: they "
+                            "carry no signal, and the partition would only follow parameter position")
+
+
 @torch.no_grad()
 def _apply(masks: Mapping[str, ModeMask], scores: Scores, kappa: float, scope: str, tie_break: bool) -> None:
     if scope == "global":
         names = list(masks)
         flat = torch.cat([scores[n].flatten().to(masks[names[0]].mask.device) for n in names])
+        _check_signal(flat, kappa, "over all layers")
         keep = mode_mask_from_scores(flat, kappa, tie_break)
         for name, part in zip(names, torch.split(keep, [masks[n].mask.numel() for n in names]), strict=True):
             masks[name].mask.copy_(part.view_as(masks[name].mask))
     else:
         for name, m in masks.items():
+            _check_signal(scores[name], kappa, f"of {name}")
             m.mask.copy_(mode_mask_from_scores(scores[name], kappa, tie_break).view_as(m.mask))
 
 
@@ -132,7 +148,8 @@ def iterative_mode_partition(
     eval mode unless ``train_mode`` (``--prune-train-mode``); the model's mode is restored afterwards.
     ``tie_break=False`` applies the original threshold rule (see :func:`mode_mask_from_scores`).
 
-    Returns the dynamic ratio of every layer. Raises ValueError for a bad argument and RuntimeError when the
+    Returns the dynamic ratio of every layer. Raises ValueError for a bad argument, :class:`NoSignalError` (a
+    ValueError) when every score of a threshold is equal, and RuntimeError when the
     realised number of dynamic entries misses the target (the original printed an error and quit()); with
     ``tie_break=False`` fewer dynamic entries than the target are accepted, as in the original.
     """

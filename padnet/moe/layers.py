@@ -179,6 +179,8 @@ class PadMoE(MoE):
         self.phi = nn.Parameter(torch.zeros(1))
         self.static_fc = nn.Linear(input_size, output_size)
         self.register_buffer("mask", torch.ones(output_size, input_size))
+        self._weight_cache: tuple[tuple, list[torch.Tensor]] | None = None
+        self._forward_weights: list[torch.Tensor] | None = None
 
     def scale_factors(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """``(lambda_d, lambda_s)`` for the Lambda mode (Sec. 3.1: lambda_s + lambda_d = 2, both 1 at phi = 0)."""
@@ -195,18 +197,54 @@ class PadMoE(MoE):
             return 1.0, 0.0
         return lambda_d, None  # "phi": the mask is ignored
 
-    def expert_weight(self, i: int) -> torch.Tensor:
-        """The computational weight ``W_hat_i`` of expert ``i`` (out x in)."""
-        weight = self.experts[i].dense.weight
+    def _weight_key(self) -> tuple:
+        """What the computational weights depend on: every input tensor's version counter (bumped by any in-place
+        change: an optimizer step, ``load_state_dict``, IMP setting the mask) and identity, and the mode."""
+        tensors = [expert.dense.weight for expert in self.experts] + [self.static_fc.weight, self.phi, self.mask]
+        return (self.Lambda, self.pad_forward, *((id(t), t._version) for t in tensors))
+
+    def _build_expert_weights(self) -> list[torch.Tensor]:
+        weights = [expert.dense.weight for expert in self.experts]
         if self.pad_forward == "released":
-            return weight + self.static_fc.weight
+            return [weight + self.static_fc.weight for weight in weights]
         lambda_d, lambda_s = self.scale_factors()
         if lambda_s is None:
-            return lambda_d * weight
-        return lambda_d * self.mask * weight + lambda_s * (1 - self.mask) * self.static_fc.weight
+            return [lambda_d * weight for weight in weights]
+        dynamic = lambda_d * self.mask                                        # shared by all experts
+        static = lambda_s * (1 - self.mask) * self.static_fc.weight          # shared by all experts
+        return [dynamic * weight + static for weight in weights]
+
+    def expert_weights(self) -> list[torch.Tensor]:
+        """The computational weights ``W_hat_e`` of all experts (each out x in), built once per forward.
+
+        The parts shared by the experts (``lambda_d M`` and ``lambda_s (1 - M) ⊙ W_static``) are computed once.
+        When no gradient is needed (evaluation, ``torch.no_grad``), the weights are kept and reused until one of
+        their inputs changes, so evaluation builds them once in all instead of at every batch.
+        """
+        needs_grad = torch.is_grad_enabled() and (
+            self.mask.requires_grad or any(p.requires_grad for p in self.parameters()))
+        if needs_grad:
+            self._weight_cache = None
+            return self._build_expert_weights()
+        key = self._weight_key()
+        if self._weight_cache is None or self._weight_cache[0] != key:
+            self._weight_cache = (key, [w.detach() for w in self._build_expert_weights()])
+        return self._weight_cache[1]
+
+    def expert_weight(self, i: int) -> torch.Tensor:
+        """The computational weight ``W_hat_i`` of expert ``i`` (out x in)."""
+        return self.expert_weights()[i]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._forward_weights = self.expert_weights()
+        try:
+            return super().forward(x)
+        finally:
+            self._forward_weights = None
 
     def expert_forward(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.expert_weight(i), self.experts[i].dense.bias)
+        weights = self.expert_weights() if self._forward_weights is None else self._forward_weights
+        return F.linear(x, weights[i], self.experts[i].dense.bias)
 
     @torch.no_grad()
     def upcycle_(self, dense: nn.Linear) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from common.checkpoint import load_state_dict
 from common.data import GLUE_TASKS, read_glue
 from common.errors import UserError, run_cli
 from common.tracking import Tracker, start_tracking
+from padnet.imp import NoSignalError
 from padnet.moe.data import generated_sst2
 from padnet.moe.imp import PRUNERS, mode_partition, moe_task_loss, pad_moe_masks
 from padnet.moe.layers import LAMBDAS, MOE_LEVELS, PAD_FORWARDS
@@ -151,6 +153,9 @@ class PruneArguments:
     mask_scope: str = field(default="global", metadata={"choices": ("global", "local"),
                                                         "help": "one threshold over all layers, or one per layer"})
     prune_train_mode: bool = field(default=False, metadata={"help": "score in train mode (noise, dropout)"})
+    imp_warmup_ratio: float = field(default=0.1, metadata={
+        "help": "fraction of the training steps trained fully dynamic before IMP runs (0: before the first step, "
+                "as the original, which needs experts that differ from the static weight; upcycled ones do not)"})
 
 
 @dataclass
@@ -231,18 +236,40 @@ def tokenize(records: list[dict], tokenizer, task: str, padding: str | bool, max
 
 
 # ------------------------------------------------------------------------------------------------------- trainer
-class PadTrainer(Trainer):
-    """The HF Trainer plus the MoE load-balancing loss and, for PAD-MoE, IMP once before training.
+class ModePartitionCallback(TrainerCallback):
+    """Runs IMP once, after ``imp_step`` optimizer steps of fully dynamic training (before the first step when
+    that is 0); the masks stay fixed for the rest of the run."""
 
-    IMP runs when the model has PAD-MoE layers, ``sparsity < 1`` and training starts fresh (a resumed run
-    restores the mask from its checkpoint). Under DDP every rank scores the same examples and the masks of
-    rank 0 are broadcast, so all ranks train the same partition.
+    def __init__(self, trainer: PadTrainer):
+        self.trainer = trainer
+
+    def _maybe_partition(self, state) -> None:
+        if state.global_step >= self.trainer.imp_step(state.max_steps) and self.trainer.needs_partition():
+            self.trainer.mode_partition()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._maybe_partition(state)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._maybe_partition(state)
+
+
+class PadTrainer(Trainer):
+    """The HF Trainer plus the MoE load-balancing loss and, for PAD-MoE, IMP once during training.
+
+    IMP runs when the model has PAD-MoE layers, ``sparsity < 1`` and the masks are still fully dynamic, after
+    ``ceil(imp_warmup_ratio * max_steps)`` steps of fully dynamic training: the upcycled experts and the static
+    weight start equal, so ``dL/dM`` is zero until training has moved the experts apart (the original scored
+    before the first step, but its PAD-MoE experts and static weight were randomly initialised, hence distinct).
+    A resumed run keeps its checkpoint's partition. Under DDP every rank scores the same examples and the masks
+    of rank 0 are broadcast, so all ranks train the same partition.
     """
 
     def __init__(self, *args, prune_args: PruneArguments, **kwargs):
         super().__init__(*args, **kwargs)
         self.prune_args = prune_args
         self.dynamic_ratios: dict[str, float] | None = None
+        self.add_callback(ModePartitionCallback(self))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """Task loss + the sum of the load-balancing losses of all MoE layers (every ``pos_moe``)."""
@@ -252,10 +279,15 @@ class PadTrainer(Trainer):
             loss = loss + aux.to(loss.dtype)
         return (loss, outputs) if return_outputs else loss
 
-    def train(self, resume_from_checkpoint=None, **kwargs):
-        if not resume_from_checkpoint and pad_moe_masks(self.model) and self.prune_args.sparsity < 1:
-            self.mode_partition()
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+    def imp_step(self, max_steps: int) -> int:
+        """The optimizer step after which IMP runs: ``ceil(imp_warmup_ratio * max_steps)`` (0 = before training)."""
+        return math.ceil(self.prune_args.imp_warmup_ratio * max_steps)
+
+    def needs_partition(self) -> bool:
+        """PAD-MoE layers, ``sparsity < 1`` and every mask still fully dynamic (a resumed run after IMP has its
+        checkpoint's partition)."""
+        masks = pad_moe_masks(self.model)
+        return bool(masks) and self.prune_args.sparsity < 1 and all(bool(m.mask.all()) for m in masks.values())
 
     def prune_batches(self) -> list[dict]:
         """``length * 32`` random training examples (seeded by ``--seed``) in batches of the train batch size."""
@@ -274,9 +306,13 @@ class PadTrainer(Trainer):
             with self.compute_loss_context_manager():
                 return moe_task_loss(model, batch)
 
-        self.dynamic_ratios = mode_partition(self.model, self.prune_batches(), p.pruner, p.sparsity,
-                                             p.prune_epochs, p.compression_schedule, p.mask_scope,
-                                             p.prune_train_mode, loss_fn, seed=self.args.seed)
+        try:
+            self.dynamic_ratios = mode_partition(self.model, self.prune_batches(), p.pruner, p.sparsity,
+                                                 p.prune_epochs, p.compression_schedule, p.mask_scope,
+                                                 p.prune_train_mode, loss_fn, seed=self.args.seed)
+        except NoSignalError as err:
+            raise GlueArgumentError(f"{err}; upcycled experts equal the static weight until training moves them, "
+                                    "so run IMP after some steps (--imp_warmup_ratio > 0)") from None
         if dist.is_available() and dist.is_initialized():
             for mode_mask in pad_moe_masks(self.model).values():
                 dist.broadcast(mode_mask.mask, src=0)
@@ -311,6 +347,8 @@ def parse_args(argv: list[str] | None = None):
     if not 0.0 < prune_args.sparsity <= 1.0:
         raise GlueArgumentError(f"--sparsity is the dynamic ratio kappa and must lie in (0, 1], "
                                 f"got {prune_args.sparsity}")
+    if not 0.0 <= prune_args.imp_warmup_ratio < 1.0:
+        raise GlueArgumentError(f"--imp_warmup_ratio must lie in [0, 1), got {prune_args.imp_warmup_ratio}")
     if prune_args.prune_epochs < 1 or training_args.length < 1:
         raise GlueArgumentError("--prune_epochs and --length must be at least 1")
     if not 1 <= model_args.k <= model_args.n_experts:

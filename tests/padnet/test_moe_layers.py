@@ -150,6 +150,39 @@ def test_pad_mask_and_static_weight_are_shared_and_differentiable():
     assert layer.static_fc.bias.grad is None
 
 
+def test_pad_expert_weights_built_once_per_forward_and_once_in_evaluation(monkeypatch):
+    """Training builds the E computational weights once per forward; evaluation builds them once and reuses them
+    until a parameter, the mask or phi changes (optimizer step, IMP, load_state_dict)."""
+    torch.manual_seed(0)
+    layer = PadMoE(8, 6, n_experts=4, k=2)
+    torch.nn.init.normal_(layer.w_gate)
+    layer.mask.bernoulli_(torch.full_like(layer.mask, 0.5))
+    builds = []
+    build = layer._build_expert_weights
+    monkeypatch.setattr(layer, "_build_expert_weights", lambda: builds.append(1) or build())
+    x = torch.randn(2, 5, 8)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    for _ in range(2):  # training: one build per forward (not one per expert), gradients flow
+        layer.train()(x).sum().backward()
+        optimizer.step()
+    assert len(builds) == 2 and layer.static_fc.weight.grad is not None
+    layer.eval()
+    with torch.no_grad():
+        first = layer(x)
+        assert torch.equal(layer(x), first) and len(builds) == 3  # cached across evaluation batches
+        layer.phi.add_(0.5)
+        changed = layer(x)
+        layer.mask.zero_()
+        static = layer(x)
+    assert len(builds) == 5 and not torch.allclose(changed, first) and not torch.allclose(static, changed)
+    fresh = PadMoE(8, 6, n_experts=4, k=2).eval()
+    fresh.load_state_dict(layer.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), static, atol=1e-6)
+    layer.train()(x).sum().backward()  # back to training: fresh weights with a graph
+    assert len(builds) == 6
+
+
 def test_upcycle_copies_the_dense_layer():
     dense = torch.nn.Linear(8, 6)
     layer = PadMoE(8, 6, n_experts=3, k=2)

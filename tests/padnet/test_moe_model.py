@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from padnet.imp import ModeMask
+from padnet.imp import ModeMask, NoSignalError
 from padnet.moe.imp import mode_partition, moe_snip_scores, moe_task_loss, pad_moe_masks
 from padnet.moe.layers import MoE, PadMoE
 from padnet.moe.modeling import ffn_linears, moe_aux_loss, moe_layers, moefy
@@ -32,6 +32,19 @@ def _batch(seed: int = 1, size: int = 4, labels: bool = True) -> dict:
     if labels:
         batch["labels"] = torch.randint(0, 2, (size,), generator=g)
     return batch
+
+
+def _diverged(model: torch.nn.Module, steps: int = 2) -> torch.nn.Module:
+    """A few fully dynamic AdamW steps, so that the upcycled experts move away from the static weight (what the
+    training script does before IMP)."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    was_training = model.training
+    model.train()
+    for step in range(steps):
+        moe_task_loss(model, _batch(10 + step)).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return model.train(was_training)
 
 
 @pytest.mark.parametrize("use_moe, pos_moe, expected", [
@@ -159,7 +172,7 @@ def test_moe_snip_scores_are_the_mask_gradient_normalised_by_sum_over_max():
     ("rand", 0.1, 1, "global", "exponential"),
 ])
 def test_imp_on_moe_masks_hits_kappa_exactly(pruner, sparsity, epochs, scope, schedule):
-    model = moefy(_tiny_bert(), "PadMoE", n_experts=3, k=2).train()
+    model = _diverged(moefy(_tiny_bert(), "PadMoE", n_experts=3, k=2)).train()
     ratios = mode_partition(model, [_batch(1), _batch(2)], pruner, sparsity, epochs, schedule, scope)
     assert model.training  # the mode is restored
     masks = [m.mask for m in pad_moe_masks(model).values()]
@@ -183,6 +196,28 @@ def test_imp_snip_keeps_the_positions_that_matter():
     ratios = mode_partition(model, [_batch(1), _batch(2), _batch(3)], "snip", 0.5)
     assert ratios["bert.encoder.layer.0.output.dense"] == max(ratios.values())
     assert ratios["bert.encoder.layer.0.output.dense"] > 0.5
+
+
+def test_upcycled_pad_moe_has_no_signal_until_the_experts_diverge():
+    """Upcycled experts equal the static weight, so dL/dM = g (lambda_d W_e - lambda_s W_static) is exactly 0:
+    IMP refuses to partition by position. After a few fully dynamic steps the scores are non-zero, depend on the
+    data, and the partition mixes dynamic and static entries within the layers."""
+    model = moefy(_tiny_bert(), "PadMoE", n_experts=3, k=2)
+    masks = pad_moe_masks(model)
+    assert all(bool((s == 0).all()) for s in moe_snip_scores(model, masks, [_batch(1)]).values())
+    with pytest.raises(NoSignalError, match="no signal"):
+        mode_partition(model, [_batch(1)], "snip", 0.5)
+    with pytest.raises(NoSignalError):
+        mode_partition(model, [_batch(1)], "snip", 0.5, scope="local")
+    assert all(bool(m.mask.all()) for m in masks.values())  # left fully dynamic
+
+    _diverged(model)
+    first = moe_snip_scores(model, masks, [_batch(1), _batch(2)])
+    second = moe_snip_scores(model, masks, [_batch(3), _batch(4)])
+    assert all(float(s.max()) > 0 for s in first.values())
+    assert any(not torch.allclose(first[n], second[n]) for n in first)
+    ratios = mode_partition(model, [_batch(1), _batch(2)], "snip", 0.5)
+    assert sum(0 < r < 1 for r in ratios.values()) >= len(ratios) - 1  # not a split by layer position
 
 
 def test_moe_layers_finds_both_kinds():

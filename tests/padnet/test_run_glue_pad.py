@@ -17,8 +17,10 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 from common.data import read_glue
 from common.errors import run_cli
 from padnet.moe.data import GENERATED_SIZES, generated_sst2, write_generated_sst2
+from padnet.moe.imp import moe_snip_scores, pad_moe_masks
 from padnet.moe.modeling import moe_aux_loss, moe_layers
 from padnet.moe.run_glue_pad import (
+    GlueArgumentError,
     ModelArguments,
     PadTrainer,
     PadTrainingArguments,
@@ -117,6 +119,39 @@ def test_pad_moe_run_trains_partitions_and_resumes(tiny_bert, tmp_path):
     assert again["eval"]["eval_loss"] == pytest.approx(resumed["eval"]["eval_loss"], abs=1e-5)
 
 
+def test_upcycled_pad_moe_partitions_on_data_after_the_warmup_not_by_position(tiny_bert, tmp_path):
+    """The script upcycles every expert and the static weight from the same dense FFN, so at initialisation
+    dL/dM = g (lambda_d W_e - lambda_s W_static) is exactly zero. IMP before the first step is then an error (not a
+    split by layer position); after the fully dynamic warm-up the scores are non-zero and data-dependent, and
+    every layer keeps some dynamic and some static entries."""
+    base = ["--model_name_or_path", tiny_bert, "--use_moe", "PadMoE", "--n_experts", "4", "--max_train_samples",
+            "32", "--max_eval_samples", "8", "--length", "1", "--save_strategy", "no", "--no_mlflow", *FAST]
+    with pytest.raises(GlueArgumentError, match="no signal.*--imp_warmup_ratio"):
+        main([*base, "--output_dir", str(tmp_path / "at_init"), "--max_steps", "2", "--imp_warmup_ratio", "0"])
+
+    out = tmp_path / "run"
+    results = main([*base, "--output_dir", str(out), "--max_steps", "4", "--imp_warmup_ratio", "0.5"])
+    assert results["train"]["dynamic_ratio"] == pytest.approx(0.5, abs=1e-3)
+    masks = _masks(out)
+    assert all(0 < float(m.mean()) < 1 for m in masks.values())  # a positional split: 2 layers 1, 2 layers 0
+
+    tokenizer, model = load_model(ModelArguments(model_name_or_path=str(out)), 2, "generated")
+    model.eval()  # no router noise: the two score sets differ by their data only
+    pad_masks = pad_moe_masks(model)
+    for m in pad_masks.values():
+        m.mask.fill_(1.0)
+    train = generated_sst2("train")
+
+    def batches(start: int) -> list[dict]:
+        chunk = train[start:start + 16]
+        enc = tokenizer([r["sentence"] for r in chunk], padding=True, return_tensors="pt")
+        return [dict(enc, labels=torch.tensor([r["label"] for r in chunk]))]
+
+    first, second = moe_snip_scores(model, pad_masks, batches(0)), moe_snip_scores(model, pad_masks, batches(64))
+    assert all(float(s.max()) > 0 for s in first.values())
+    assert all(not torch.allclose(first[n], second[n], rtol=1e-2, atol=0) for n in first)
+
+
 def test_moe_run_on_real_sst2_logs_to_mlflow(tiny_bert, tmp_path, shared_dir):
     out = tmp_path / "sst2"
     main(["--model_name_or_path", tiny_bert, "--output_dir", str(out), "--task_name", "sst2",
@@ -139,6 +174,7 @@ def test_moe_run_on_real_sst2_logs_to_mlflow(tiny_bert, tmp_path, shared_dir):
     (["--sparsity", "1.5"], "--sparsity"),
     (["--k", "9"], "--k must lie in"),
     (["--Lambda", "x"], "--Lambda"),
+    (["--imp_warmup_ratio", "1"], "--imp_warmup_ratio"),
     (["--model_name_or_path", "/nonexistent/bert"], "cannot load the model"),
 ])
 def test_bad_inputs_give_one_line_and_exit_2(argv, message, tmp_path, capsys):
