@@ -45,6 +45,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model_ema_steps": 32,
     "lr_warmup_epochs": 0,
     "print_freq": 10,
+    "train_skip_cfg": None,
 }
 
 
@@ -149,6 +150,32 @@ def train_step(
     return dict(zip(names, values, strict=True))
 
 
+def train_step_single(
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    criterion: nn.Module,
+    skip_cfg: str | Sequence[bool],
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, float]:
+    """One ordinary supervised step of the single configuration ``skip_cfg``: CE on the labels, one backward, no
+    self-distillation and no other sub-network; the optimizer is not stepped here.
+
+    Training only ``skip_cfg`` this way gives the *individually trained* network of that depth that the paper
+    compares its sub-networks with (its README's "+x %p" gains are over such networks): with ``TTTT`` the
+    skippable blocks never run, so it is the base-net architecture trained on its own. Returns ``ce`` and the
+    top-1 / top-5 training accuracies (percent) of that network (``acc1``, ``acc5``).
+    """
+    with torch.autocast(images.device.type, enabled=scaler is not None):
+        logits = model(images, skip_cfg)
+        ce = criterion(logits, targets)
+    _backward(ce, scaler)
+    with torch.no_grad():
+        correct = num_correct(logits, targets)
+        values = torch.stack([ce.detach().float()] + [c.float() * 100.0 / images.shape[0] for c in correct]).tolist()
+    return dict(zip(("ce", "acc1", "acc5"), values, strict=True))
+
+
 # train_step key -> the name logged per epoch. "loss_softmax_kd" holds the unweighted top-K KD and "loss_kd" the
 # weighted total (1 - alpha) * (KD + feature KD): the original logged that total as "loss_softmax_kd".
 EPOCH_METRIC_NAMES = {
@@ -162,6 +189,8 @@ EPOCH_METRIC_NAMES = {
     "acc1_skip": "acc1_skip",
     "acc5_skip": "acc5_skip",
 }
+# the keys of train_step_single (training one configuration, ``train_skip_cfg``)
+SINGLE_METRIC_NAMES = {"ce": "loss_ce", "acc1": "acc1", "acc5": "acc5"}
 
 
 def _hp(args: Any, name: str) -> Any:
@@ -188,19 +217,23 @@ def train_one_epoch(
 
     ``args`` is any object with the attributes of :data:`TRAIN_DEFAULTS` (missing ones take those defaults):
     ``subpath_alpha``, ``subpath_temp``, ``subpath_topk``, ``fpn``, ``clip_grad_norm``, ``model_ema_steps``,
-    ``lr_warmup_epochs``, ``print_freq`` (how often the progress bar's numbers are refreshed).
+    ``lr_warmup_epochs``, ``print_freq`` (how often the progress bar's numbers are refreshed), ``train_skip_cfg``
+    (None: ADN's self-distillation; a configuration name such as ``"TTTT"``: :func:`train_step_single` instead).
 
     Returns the epoch means over all processes (weighted by batch size): ``loss_full_acc`` (alpha * CE),
     ``loss_ce``, ``loss_softmax_kd`` (top-K KD, unweighted), ``loss_features_kd`` (with fpn), ``loss_kd`` (the
     weighted total (1 - alpha) * (KD + feature KD)), ``acc1``/``acc5`` (super-net) and ``acc1_skip``/
-    ``acc5_skip`` (base-net) on the training batches, plus ``lr`` and ``img/s`` (all processes together).
+    ``acc5_skip`` (base-net) on the training batches, plus ``lr`` and ``img/s`` (all processes together). With
+    ``train_skip_cfg``: ``loss_ce``, ``acc1`` and ``acc5`` of the trained configuration, ``lr`` and ``img/s``.
     """
     model.train()
+    single = _hp(args, "train_skip_cfg")
+    names = SINGLE_METRIC_NAMES if single is not None else EPOCH_METRIC_NAMES
     fpn = bool(_hp(args, "fpn"))
     clip = _hp(args, "clip_grad_norm")
     ema_steps = max(1, int(_hp(args, "model_ema_steps")))
     print_freq = max(1, int(_hp(args, "print_freq")))
-    sums = dict.fromkeys(EPOCH_METRIC_NAMES, 0.0)
+    sums = dict.fromkeys(names, 0.0)
     count = 0
     start = time.time()
     progress = tqdm(loader, desc=f"Epoch [{epoch}]", disable=not is_main_process(), dynamic_ncols=True,
@@ -209,9 +242,12 @@ def train_one_epoch(
         images = images.to(device, non_blocking=True)
         targets = targets.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        stats = train_step(model, images, targets, criterion, alpha=_hp(args, "subpath_alpha"),
-                           temperature=_hp(args, "subpath_temp"), topk=_hp(args, "subpath_topk"), fpn=fpn,
-                           scaler=scaler)
+        if single is not None:
+            stats = train_step_single(model, images, targets, criterion, single, scaler=scaler)
+        else:
+            stats = train_step(model, images, targets, criterion, alpha=_hp(args, "subpath_alpha"),
+                               temperature=_hp(args, "subpath_temp"), topk=_hp(args, "subpath_topk"), fpn=fpn,
+                               scaler=scaler)
         if scaler is not None:
             if clip is not None:
                 scaler.unscale_(optimizer)
@@ -233,13 +269,14 @@ def train_one_epoch(
         for key in sums:
             sums[key] += stats[key] * batch
         if i % print_freq == 0:
-            progress.set_postfix(loss_full=f"{stats['loss_full']:.4f}", loss_kd=f"{stats['loss_kd']:.4f}",
-                                 acc1=f"{stats['acc1']:.1f}", acc1_skip=f"{stats['acc1_skip']:.1f}",
-                                 lr=f"{optimizer.param_groups[0]['lr']:.4g}")
+            losses = ("ce",) if single is not None else ("loss_full", "loss_kd")
+            shown = {k: f"{stats[k]:.4f}" for k in losses}
+            shown.update({k: f"{stats[k]:.1f}" for k in ("acc1", "acc1_skip") if k in stats})
+            progress.set_postfix(**shown, lr=f"{optimizer.param_groups[0]['lr']:.4g}")
     elapsed = time.time() - start
     means = reduce_weighted_mean(sums, count)
     total_images = all_reduce_sum([count])[0].item()
-    metrics = {EPOCH_METRIC_NAMES[k]: v for k, v in means.items() if fpn or k != "feature_kd"}
+    metrics = {names[k]: v for k, v in means.items() if fpn or k != "feature_kd"}
     metrics["lr"] = optimizer.param_groups[0]["lr"]
     metrics["img/s"] = total_images / max(elapsed, 1e-9)
     return metrics

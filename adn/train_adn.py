@@ -131,10 +131,16 @@ def check_args(args: argparse.Namespace) -> None:
     if args.fpn and args.model not in FPN_MODELS:
         raise UserError(f"--fpn (distillation of stage outputs) works with ResNet models only ("
                         f"{', '.join(FPN_MODELS)}), not --model {args.model}")
-    for token in args.skip_cfg or []:
-        if not SKIP_TOKEN.match(str(token)):
-            raise UserError(f"--skip-cfg: {token!r} is not a skip flag; write one flag per skippable stage as "
-                            "True/False/T/F/1/0, or compactly as e.g. TFTF (T = skip the stage's sub-path)")
+    for flag, tokens in (("--skip-cfg", args.skip_cfg), ("--train-skip-cfg", args.train_skip_cfg)):
+        for token in tokens or []:
+            if not SKIP_TOKEN.match(str(token)):
+                raise UserError(f"{flag}: {token!r} is not a skip flag; write one flag per skippable stage as "
+                                "True/False/T/F/1/0, or compactly as e.g. TFTF (T = skip the stage's sub-path)")
+    if args.train_skip_cfg is not None and args.test_only:
+        raise UserError("--train-skip-cfg chooses what to train; with --test-only use --skip-cfg")
+    if args.train_skip_cfg is not None and args.fpn:
+        raise UserError("--fpn distils the super-net's stage outputs into the base-net; it cannot go with "
+                        "--train-skip-cfg, which trains one configuration alone")
     positive = {"--batch-size": args.batch_size, "--epochs": args.epochs, "--subpath-topk": args.subpath_topk,
                 "--ra-reps": args.ra_reps, "--model-ema-steps": args.model_ema_steps,
                 "--val-crop-size": args.val_crop_size, "--train-crop-size": args.train_crop_size,
@@ -167,12 +173,13 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--eval-all-skip-cfgs writes its table to --output-dir; give a folder")
 
 
-def resolve_skip_cfg(model: nn.Module, args: argparse.Namespace) -> tuple[bool, ...]:
-    """``--skip-cfg`` for this model (default: the super-net); a wrong count is a UserError."""
+def resolve_skip_cfg(model: nn.Module, args: argparse.Namespace, flag: str = "--skip-cfg") -> tuple[bool, ...]:
+    """``--skip-cfg`` (or ``--train-skip-cfg``) for this model (default: the super-net); a wrong count is a
+    UserError."""
     try:
-        return parse_skip_cfg(args.skip_cfg, model.num_skippable_stages)
+        return parse_skip_cfg(getattr(args, flag[2:].replace("-", "_")), model.num_skippable_stages)
     except ValueError as err:
-        raise UserError(f"--skip-cfg: {err}") from None
+        raise UserError(f"{flag}: {err}") from None
 
 
 # --------------------------------------------------------------------------------------------------- main
@@ -201,8 +208,10 @@ def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
         raise UserError(f"--num-classes {num_classes} is smaller than the {val_set.num_classes} classes of the data")
 
     print_main(f"Creating model {args.model} ({num_classes} classes)")
-    model = create_model(args.model, num_classes=num_classes)
+    model = create_model(args.model, num_classes=num_classes, skip_aware_norms=args.skip_aware_norms)
     skip_cfg = resolve_skip_cfg(model, args)
+    if args.train_skip_cfg is not None:  # the engine reads the name, e.g. "TTTT"
+        args.train_skip_cfg = skip_cfg_name(resolve_skip_cfg(model, args, "--train-skip-cfg"))
     if args.weights:
         load_weights(model, args.weights, use_ema=args.model_ema)
     model.to(device)
@@ -265,37 +274,49 @@ def _test_only(net, model_ema, criterion, val_loader, device, skip_cfg, args, tr
     return {name: result}
 
 
-def _evaluate_epoch(net, model_ema, criterion, val_loader, device) -> dict[str, dict[str, float]]:
-    """Base-net and super-net of the model (and of the EMA when there is one), as the original does per epoch."""
-    super_cfg, base_cfg = super_and_base_cfgs(net)
+def _epoch_cfgs(model: nn.Module, args: argparse.Namespace) -> dict[str, str]:
+    """What is evaluated after every epoch: ``{"base": "TTTT", "super": "FFFF"}`` as in the original, or
+    ``{"trained": cfg}`` with ``--train-skip-cfg`` (the one network that is trained)."""
+    if args.train_skip_cfg is not None:
+        return {"trained": args.train_skip_cfg}
+    super_cfg, base_cfg = super_and_base_cfgs(model)
+    return {"base": skip_cfg_name(base_cfg), "super": skip_cfg_name(super_cfg)}
+
+
+def _evaluate_epoch(net, model_ema, criterion, val_loader, device, cfgs: dict[str, str]) -> dict[str, dict[str, float]]:
+    """The configurations of :func:`_epoch_cfgs`, of the model and of the EMA when there is one."""
     results = {}
     for prefix, candidate in (("", net), ("ema_", model_ema)):
         if candidate is None:
             continue
-        results[f"{prefix}base"] = evaluate(candidate, criterion, val_loader, device, base_cfg)
-        results[f"{prefix}super"] = evaluate(candidate, criterion, val_loader, device, super_cfg)
+        for key, cfg in cfgs.items():
+            results[f"{prefix}{key}"] = evaluate(candidate, criterion, val_loader, device, cfg)
     return results
 
 
+NET_LABELS = {"base": "base-net", "super": "super-net", "trained": "trained"}
+
+
 def _summary_line(epoch: int, args, train: dict[str, float], val: dict[str, dict[str, float]], seconds: float,
-                  names: tuple[str, str]) -> str:
-    base_name, super_name = names
-    parts = [f"Epoch {epoch}/{args.epochs - 1}", f"lr {train['lr']:.4g}",
-             f"train: loss_full_acc {train['loss_full_acc']:.4f} loss_kd {train['loss_kd']:.4f} "
-             f"acc1 {train['acc1']:.2f} acc1_skip {train['acc1_skip']:.2f}"]
+                  cfgs: dict[str, str]) -> str:
+    if args.train_skip_cfg is not None:
+        losses = f"loss_ce {train['loss_ce']:.4f} acc1 {train['acc1']:.2f}"
+    else:
+        losses = (f"loss_full_acc {train['loss_full_acc']:.4f} loss_kd {train['loss_kd']:.4f} "
+                  f"acc1 {train['acc1']:.2f} acc1_skip {train['acc1_skip']:.2f}")
+    parts = [f"Epoch {epoch}/{args.epochs - 1}", f"lr {train['lr']:.4g}", f"train: {losses}"]
     for prefix, label in (("", "val"), ("ema_", "EMA val")):
-        if f"{prefix}base" in val:
-            parts.append(f"{label}: base-net {base_name} Acc@1 {val[prefix + 'base']['acc1']:.2f} "
-                         f"Acc@5 {val[prefix + 'base']['acc5']:.2f}, super-net {super_name} "
-                         f"Acc@1 {val[prefix + 'super']['acc1']:.2f} Acc@5 {val[prefix + 'super']['acc5']:.2f}")
+        nets = [f"{NET_LABELS[key]} {cfg} Acc@1 {val[prefix + key]['acc1']:.2f} Acc@5 {val[prefix + key]['acc5']:.2f}"
+                for key, cfg in cfgs.items() if prefix + key in val]
+        if nets:
+            parts.append(f"{label}: " + ", ".join(nets))
     parts.append(f"{train['img/s']:.0f} img/s, {seconds:.1f} s")
     return " | ".join(parts)
 
 
 def _train(net, model, model_ema, criterion, optimizer, lr_scheduler, scaler, train_loader, val_loader, device,
            args, tracker) -> dict[str, Any]:
-    super_cfg, base_cfg = super_and_base_cfgs(model)
-    names = (skip_cfg_name(base_cfg), skip_cfg_name(super_cfg))
+    cfgs = _epoch_cfgs(model, args)
     output_dir = Path(args.output_dir) if args.output_dir else None
     last: dict[str, Any] = {}
     checkpoint_path = None
@@ -310,13 +331,13 @@ def _train(net, model, model_ema, criterion, optimizer, lr_scheduler, scaler, tr
         train_metrics = train_one_epoch(net, criterion, optimizer, train_loader, device, epoch, args, model_ema,
                                         scaler)
         lr_scheduler.step()
-        val = _evaluate_epoch(net, model_ema, criterion, val_loader, device)
+        val = _evaluate_epoch(net, model_ema, criterion, val_loader, device, cfgs)
         if output_dir is not None:
             state = training_state(model, optimizer, lr_scheduler, scaler, model_ema, epoch=epoch, args=args)
             if epoch % 10 == 0 or epoch > args.epochs - 30:
                 save_checkpoint(state, output_dir / f"model_{epoch}.pth")
             checkpoint_path = save_checkpoint(state, output_dir / "checkpoint.pth")
-        print_main(_summary_line(epoch, args, train_metrics, val, time.time() - epoch_start, names))
+        print_main(_summary_line(epoch, args, train_metrics, val, time.time() - epoch_start, cfgs))
         metrics = {f"train/{k.replace('img/s', 'img_per_s')}": v for k, v in train_metrics.items()}
         for key, result in val.items():
             metrics.update({f"val/{key}_{m}": result[m] for m in ("acc1", "acc5", "loss")})
@@ -364,6 +385,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--skip-cfg", nargs="+", default=None, metavar="FLAG",
         help="skip configuration evaluated by --test-only, one flag per skippable stage (T = skip its sub-path): "
              "True/False/T/F/1/0 in any case, or compact like TFTF (default: the super-net, all False)")
+    add("--train-skip-cfg", nargs="+", default=None, metavar="FLAG",
+        help="train this one configuration alone with cross-entropy on the labels (no self-distillation, no other "
+             "sub-network): the individually trained network of that depth the paper compares with, e.g. TTTT "
+             "for the base-net or FFFF for the super-net; same spellings as --skip-cfg (default: ADN training)")
+    add("--skip-aware-norms", action=argparse.BooleanOptionalAction, default=True,
+        help="give the mandatory layers the skip-aware norms they use when their stage is skipped (the paper's "
+             "method); --no-skip-aware-norms is the ablation where every configuration shares one set of norms "
+             "(default: on)")
     add("--eval-all-skip-cfgs", action="store_true",
         help=f"evaluate every skip configuration (accuracy and MACs per image); with --test-only instead of "
              f"--skip-cfg, else once after training; printed and written to <output-dir>/{TABLE_FILE}")

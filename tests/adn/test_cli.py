@@ -130,6 +130,23 @@ def test_two_process_gloo_run(tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model"])
 
 
+
+def test_one_configuration_alone_with_shared_norms(tmp_path, capsys):
+    """--train-skip-cfg trains and evaluates that one network; --no-skip-aware-norms builds the model without the
+    ``*_skip`` norms, and its checkpoint loads strictly with the same flag."""
+    out = tmp_path / "base"
+    result = main(parse_args(TINY + ["--epochs", "1", "--train-skip-cfg", "t", "1", "True", "T",
+                                      "--no-skip-aware-norms", "--output-dir", str(out), "--no-mlflow"]))
+    assert set(result["val"]) == {"trained"} and set(result["train"]) == {"loss_ce", "acc1", "acc5", "lr", "img/s"}
+    assert "val: trained TTTT Acc@1" in capsys.readouterr().out
+    ckpt = torch.load(out / "checkpoint.pth", weights_only=True)
+    assert ckpt["args"]["train_skip_cfg"] == "TTTT" and ckpt["args"]["skip_aware_norms"] is False
+    assert not any("_skip" in key for key in ckpt["model"])
+    test = main(parse_args(TINY + ["--test-only", "--weights", str(out / "checkpoint.pth"), "--skip-cfg", "TTTT",
+                                   "--no-skip-aware-norms", "--no-mlflow"]))
+    assert test["TTTT"]["acc1"] == result["val"]["trained"]["acc1"]
+
+
 # ------------------------------------------------------------------------------------------- bad inputs
 def test_default_model_is_a_clear_error_in_a_real_process(tmp_path):
     _assert_user_error(_run([], tmp_path), "--model resnet18 is not an ADN model", "resnet50", "mobilenet_v2")
@@ -165,6 +182,10 @@ def _cli_error(argv: list[str], capsys) -> str:
     (["--opt", "lamb"], "--opt lamb is not supported"),
     (["--weights", "w.pth"], "--weights is read with --test-only only"),
     (["--subpath-alpha", "1.5"], "--subpath-alpha must lie in [0, 1]"),
+    (["--train-skip-cfg", "TFT"], "--train-skip-cfg: this model has 4 skippable stages"),
+    (["--train-skip-cfg", "maybe"], "--train-skip-cfg: 'maybe' is not a skip flag"),
+    (["--train-skip-cfg", "TTTT", "--test-only"], "with --test-only use --skip-cfg"),
+    (["--train-skip-cfg", "TTTT", "--fpn"], "cannot go with --train-skip-cfg"),
 ])
 def test_bad_flags(extra, needle, capsys, tmp_path):
     assert needle in _cli_error(TINY + ["--no-mlflow", "--output-dir", str(tmp_path)] + extra, capsys)
@@ -207,5 +228,6 @@ def test_help_exits_zero(capsys):
         cli(["--help"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for flag in ("--subpath-topk", "--eval-all-skip-cfgs", "--dataset", "--cache-dataset", "--mlflow-uri", "-c"):
+    for flag in ("--subpath-topk", "--eval-all-skip-cfgs", "--dataset", "--cache-dataset", "--mlflow-uri", "-c",
+                 "--train-skip-cfg", "--no-skip-aware-norms"):
         assert flag in out

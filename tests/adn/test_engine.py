@@ -185,6 +185,23 @@ def test_train_one_epoch_with_fpn_and_default_args():
     assert metrics["loss_kd"] == pytest.approx(0.5 * (metrics["loss_softmax_kd"] + metrics["loss_features_kd"]))
 
 
+
+def test_train_one_epoch_of_one_configuration_trains_only_that_network():
+    """``train_skip_cfg``: plain CE on the base-net alone; the skippable blocks and the mandatory blocks' normal
+    norms (used only when their stage runs in full) get no gradient and stay as they were."""
+    model = _tiny_resnet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    metrics = train_one_epoch(model, nn.CrossEntropyLoss(), optimizer, _loader(), "cpu", 0,
+                              argparse.Namespace(train_skip_cfg="TTTT"))
+    assert set(metrics) == {"loss_ce", "acc1", "acc5", "lr", "img/s"} and metrics["loss_ce"] > 0
+    after = model.state_dict()
+    assert torch.equal(after["layer1.1.conv1.weight"], before["layer1.1.conv1.weight"])  # skippable block
+    assert torch.equal(after["layer1.0.bn1.running_mean"], before["layer1.0.bn1.running_mean"])  # normal norm
+    assert not torch.equal(after["layer1.0.bn1_skip.running_mean"], before["layer1.0.bn1_skip.running_mean"])
+    assert not torch.equal(after["layer1.0.conv1.weight"], before["layer1.0.conv1.weight"])
+
+
 # ------------------------------------------------------------------------------------------- evaluation
 def test_evaluate_counts_correct_predictions_over_all_samples():
     model = _tiny_resnet().eval()
