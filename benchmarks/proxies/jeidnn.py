@@ -15,10 +15,10 @@ T2T-ViT-7 at 16x16 px:
 The baseline is confidence thresholding (``jeidnn/baseline.py``, MSDNet's geometric exit schedule, thresholds on
 the max probability chosen on validation, 39 operating points) on the ICs of the same seed after the warm-up,
 i.e. ICs trained on every sample with no regard to the gates, the setting whose train-test mismatch and
-over-confidence the paper criticises (Sec. 1, 3). They are the per-IC best states that ``train_dynn.py`` writes
+over-confidence the paper's introduction criticises. They are the per-IC best states that ``train_dynn.py`` writes
 to its warm-up folder, on the same frozen backbone.
 
-Claims (Regol, Chataoui & Coates, ICLR 2024: abstract, Sec. 5 and its accuracy-vs-Mul-Add and ECE figures) and
+Claims (Regol, Chataoui & Coates, ICLR 2024: the abstract, the experiments' accuracy-vs-Mul-Add and ECE figures) and
 the verdict rule, fixed before any number was seen. Everything is measured on the 360 test images; cost is the
 average Mul-Add per image in the original repository's counter (the paper's x-axis); ECE is dataset-level, 15
 equal-width bins, x100, computed on proper (once-softmaxed) probabilities for both methods (jeidnn/README.md,
