@@ -57,7 +57,7 @@ class OutputDirError(UserError):
 
 
 # --------------------------------------------------------------------------------------------------- saving
-TEMP_SUFFIX = ".tmp"
+TEMP_MARK, TEMP_SUFFIX = ".partial-", ".tmp"  # save_checkpoint writes .<name>.partial-<random>.tmp
 
 
 def _umask() -> int:
@@ -79,7 +79,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path | None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}{TEMP_MARK}", suffix=TEMP_SUFFIX, dir=path.parent)
     except OSError as err:
         raise CheckpointError(f"cannot write {path} ({err.strerror}); choose a writable output folder") from None
     try:
@@ -104,7 +104,7 @@ def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> Path | None:
 def remove_stale_temporaries(folder: str | Path) -> list[Path]:
     """Delete the temporary files that :func:`save_checkpoint` of a killed run left in ``folder``; call it only
     while holding the folder's :class:`OutputLock` (no live run writes there then). Returns what was removed."""
-    stale = [p for p in Path(folder).glob(f".*{TEMP_SUFFIX}") if p.is_file()]
+    stale = [p for p in Path(folder).glob(f".*{TEMP_MARK}*{TEMP_SUFFIX}") if p.is_file()]
     for p in stale:
         p.unlink(missing_ok=True)
     return stale

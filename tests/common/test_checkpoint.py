@@ -254,11 +254,12 @@ def test_one_run_per_output_dir(tmp_path):
         other.kill()
         other.wait()
     # the same lock, now of a dead process: taken over, and the killed run's temporary files removed
-    (tmp_path / ".checkpoint.pth.abc.tmp").write_bytes(b"half")
+    (tmp_path / ".checkpoint.pth.partial-abc.tmp").write_bytes(b"half")
+    (tmp_path / ".notes.tmp").write_bytes(b"a user's file")
     (tmp_path / "checkpoint.pth").write_bytes(b"kept")
     with OutputLock(tmp_path):
         assert (tmp_path / LOCK_NAME).read_text().split() == [str(os.getpid())]
-        assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME, "checkpoint.pth"]
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", LOCK_NAME, "checkpoint.pth"]
     assert not (tmp_path / LOCK_NAME).exists()
 
 
