@@ -9,7 +9,10 @@
 * ``main_vtab.py``: the 19 VTAB-1K tasks in the SSF layout (:func:`common.data.build_dataset` ``vtab1k/<task>``),
   Resize((224, 224), bicubic) for every split, no augmentation.
 * ``digits`` / ``synthetic``: the embedded sets of :mod:`common.data` (already normalised tensors, no
-  augmentation), at the model's image size.
+  augmentation), at the model's image size. For the transfer proxy, ``digits`` can be restricted to a class subset
+  (relabelled 0..k-1) and drawn shifted: the digit at half size in a random quadrant of a noisy canvas,
+  optionally with inverted contrast (:class:`DigitsVariant`; ``--digits_classes`` / ``--digits_shift``,
+  additions of this repository, see ``dyt/README.md``).
 
 Each builder also returns the class count and the metric the original reports for the dataset: ``accuracy``
 (top-1) or ``mean_per_class_acc`` (Flowers-102, FGVC-Aircraft, Oxford-IIIT Pet).
@@ -17,12 +20,14 @@ Each builder also returns the class count and the metric the original reports fo
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
@@ -30,6 +35,7 @@ from torchvision.transforms import InterpolationMode
 
 from common.data import VTAB_TASKS, DataError, build_dataset
 from common.data.transforms import HALF_MEAN, HALF_STD
+from common.data.vision import TensorImageDataset
 
 EMBEDDED = ("digits", "synthetic")
 ACCURACY, MEAN_PER_CLASS = "accuracy", "mean_per_class_acc"
@@ -80,9 +86,12 @@ def canonical_name(name: str, choices: tuple[str, ...] = IMAGE_CHOICES) -> str:
     return base
 
 
-def num_classes_of(name: str, vtab: bool = False) -> int:
-    """The class count of a ``main_image`` (or, with ``vtab``, ``main_vtab``) dataset; 10 for the embedded sets."""
+def num_classes_of(name: str, vtab: bool = False, digits: DigitsVariant | None = None) -> int:
+    """The class count of a ``main_image`` (or, with ``vtab``, ``main_vtab``) dataset; 10 for the embedded sets
+    (the size of the class subset of ``digits`` when one is given)."""
     name = canonical_name(name, VTAB_CHOICES if vtab else IMAGE_CHOICES)
+    if name == "digits" and digits is not None and digits.classes:
+        return len(digits.classes)
     if name in EMBEDDED:
         return 10
     return VTAB_TASKS[name] if vtab else IMAGE_DATASETS[name].num_classes
@@ -121,10 +130,83 @@ def vtab_transform(img_size: int = 224, mean=HALF_MEAN, std=HALF_STD) -> T.Compo
                       T.Normalize(mean, std)])
 
 
+# ----------------------------------------------------------------------------------- shifted digits
+DIGITS_SHIFTS = ("none", "canvas", "canvas_inverted")
+CANVAS_BACKGROUND, CANVAS_NOISE = 0.2, 0.1  # background grey level and the std of its pixel noise ([0, 1] scale)
+
+
+@dataclass(frozen=True)
+class DigitsVariant:
+    """What ``digits`` becomes for the transfer proxy: a class subset and a visual shift.
+
+    ``classes``: the digits kept, relabelled 0..k-1 in the given order (empty: all ten). ``shift``: ``"none"`` (the
+    plain upsampled digits), ``"canvas"`` (the digit at half the side in a random quadrant of a noisy grey
+    canvas, so three quarters of the patch tokens are background) or ``"canvas_inverted"`` (the same with dark
+    strokes on a light canvas). The placements and the noise are fixed per split (not per run), so every seed
+    trains and is scored on the same images.
+    """
+
+    classes: tuple[int, ...] = ()
+    shift: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.shift not in DIGITS_SHIFTS:
+            raise DataError(f"unknown digits shift '{self.shift}'; choose one of: {', '.join(DIGITS_SHIFTS)}")
+
+
+def digit_classes(text: str) -> tuple[int, ...]:
+    """``--digits_classes``: ``"5-9"`` or ``"0,2,4"`` (or a mix, ``"0-2,7"``) to the tuple of digits, in order."""
+    classes: list[int] = []
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            low, _, high = part.partition("-")
+            classes += range(int(low), int(high or low) + 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of digits such as 5-9 or 0,2,4") from None
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not all(0 <= c <= 9 for c in classes):
+        raise argparse.ArgumentTypeError(f"'{text}' must name at least two distinct digits 0-9, e.g. 5-9")
+    return tuple(classes)
+
+
+def draw_on_canvas(images: torch.Tensor, inverted: bool, seed: int) -> torch.Tensor:
+    """Normalised digits [B, 3, S, S] redrawn at half the side on a noisy canvas of side S (see
+    :class:`DigitsVariant`); each digit's quadrant is drawn from ``seed``."""
+    side = images.shape[-1]
+    small = side // 2
+    gen = torch.Generator().manual_seed(seed)
+    ink = F.interpolate(images[:, :1] * 0.5 + 0.5, size=(small, small), mode="bilinear", align_corners=False)
+    canvas = (CANVAS_BACKGROUND + CANVAS_NOISE * torch.randn(len(images), 1, side, side, generator=gen)).clamp(0, 1)
+    places = torch.randint(0, 2, (len(images), 2), generator=gen) * small
+    for i, (y, x) in enumerate(places.tolist()):
+        region = canvas[i, :, y:y + small, x:x + small]
+        canvas[i, :, y:y + small, x:x + small] = torch.maximum(region, ink[i].clamp(0, 1))
+    if inverted:
+        canvas = 1.0 - canvas
+    return ((canvas.expand(-1, 3, -1, -1) - 0.5) / 0.5).contiguous()
+
+
+def _variant(dataset: TensorImageDataset, variant: DigitsVariant, split: str) -> TensorImageDataset:
+    images, targets = dataset.images, dataset.targets_tensor
+    classes = variant.classes or tuple(range(10))
+    if variant.classes:
+        keep = torch.isin(targets, torch.tensor(classes))
+        images, targets = images[keep], targets[keep]
+        targets = torch.tensor([classes.index(int(t)) for t in targets])
+    if variant.shift != "none":
+        images = draw_on_canvas(images, variant.shift == "canvas_inverted", seed=("train", "val", "test").index(split))
+    out = TensorImageDataset(images, targets, len(classes))
+    out.num_classes = len(classes)
+    return out
+
+
 # -------------------------------------------------------------------------------------------- datasets
-def _embedded(name: str, split: str, img_size: int, num_classes: int | None) -> Dataset:
+def _embedded(name: str, split: str, img_size: int, num_classes: int | None,
+              digits: DigitsVariant | None = None) -> Dataset:
     extra = {"num_classes": num_classes or 10} if name == "synthetic" else {}
-    return build_dataset(name, split=split, img_size=img_size, transform=None, **extra)
+    dataset = build_dataset(name, split=split, img_size=img_size, transform=None, **extra)
+    if name == "digits" and digits is not None and digits != DigitsVariant():
+        return _variant(dataset, digits, split)
+    return dataset
 
 
 def _image_folder(root: Path, tf: Callable, split: str) -> Dataset:
@@ -159,15 +241,17 @@ def _real_image_split(name: str, root: Path, split: str, tf: Callable) -> Datase
 
 
 def build_image_dataset(name: str, data_path: str | Path | None, img_size: int = 224,
-                        num_classes: int | None = None) -> tuple[Dataset, Dataset, int, str]:
+                        num_classes: int | None = None, digits: DigitsVariant | None = None
+                        ) -> tuple[Dataset, Dataset, int, str]:
     """``(train, test, nb_classes, metric)`` for ``main_image.py`` (the original's ``build_image_dataset``).
 
-    ``num_classes`` only sets the class count of ``synthetic``.
+    ``num_classes`` only sets the class count of ``synthetic``; ``digits`` the class subset and shift of
+    ``digits``.
     """
     name = canonical_name(name)
     if name in EMBEDDED:
-        train = _embedded(name, "train", img_size, num_classes)
-        return train, _embedded(name, "val", img_size, num_classes), train.num_classes, ACCURACY
+        train = _embedded(name, "train", img_size, num_classes, digits)
+        return train, _embedded(name, "val", img_size, num_classes, digits), train.num_classes, ACCURACY
     if not data_path:
         raise DataError(f"dataset '{name}' needs --data_path, the folder that holds {_LAYOUT[name]} (torchvision's "
                         f"layout) or {{train,test}}/<class>/<image>; {EMBEDDED_HINT}")
@@ -196,22 +280,23 @@ PROTOCOLS = ("original", "val200")
 
 
 def build_vtab_dataset(task: str, data_path: str | Path | None, protocol: str = "original", img_size: int = 224,
-                       num_classes: int | None = None) -> VtabSplits:
+                       num_classes: int | None = None, digits: DigitsVariant | None = None) -> VtabSplits:
     """VTAB-1K task ``task`` under ``protocol`` (spec Sec. d "main_vtab.py", Sec. f item 3).
 
     * ``original``: train on ``train800val200`` (1,000 images) and evaluate on ``test`` every epoch; the best test
       accuracy is reported (the NOAH/AdaptFormer protocol the original inherits: model selection on test).
     * ``val200``: train on ``train800``, choose the epoch on ``val200``, report ``test`` at that epoch.
 
-    ``digits`` / ``synthetic`` stand in for a task: their ``train`` split is trained on; under ``val200`` the
-    held-out split is halved (even positions select, odd positions are the test).
+    ``digits`` / ``synthetic`` stand in for a task (``digits`` as :class:`DigitsVariant` says): their ``train``
+    split is trained on; under ``val200`` the held-out split is halved (even positions select, odd positions are
+    the test).
     """
     if protocol not in PROTOCOLS:
         raise DataError(f"unknown --vtab_protocol '{protocol}'; choose one of: {', '.join(PROTOCOLS)}")
     task = canonical_name(task, VTAB_CHOICES)
     if task in EMBEDDED:
-        train = _embedded(task, "train", img_size, num_classes)
-        held_out = _embedded(task, "val", img_size, num_classes)
+        train = _embedded(task, "train", img_size, num_classes, digits)
+        held_out = _embedded(task, "val", img_size, num_classes, digits)
         if protocol == "original":
             return VtabSplits(train, held_out, held_out, train.num_classes)
         n = len(held_out)

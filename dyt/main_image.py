@@ -50,10 +50,20 @@ from common.distributed import (
 )
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import Tracker, add_tracking_args, start_tracking
-from dyt.data import EMBEDDED, IMAGE_CHOICES, VTAB_CHOICES, build_image_dataset, canonical_name, num_classes_of
+from dyt.data import (
+    DIGITS_SHIFTS,
+    EMBEDDED,
+    IMAGE_CHOICES,
+    VTAB_CHOICES,
+    DigitsVariant,
+    build_image_dataset,
+    canonical_name,
+    digit_classes,
+    num_classes_of,
+)
 from dyt.engine import evaluate, flops_counter, make_scaler, train_one_epoch
 from dyt.losses import DyTLoss
-from dyt.models import MODELS, build_model
+from dyt.models import MODELS, TOKEN_MASKS, build_model
 from dyt.weights import load_pretrained_vit, logged_param_count, resolve_finetune, set_trainable
 
 __all__ = ["get_args_parser", "load_data", "main", "train_one_epoch", "evaluate"]
@@ -83,8 +93,14 @@ class Splits:
 # ------------------------------------------------------------------------------------------------------ data
 def load_data(args: argparse.Namespace, img_size: int) -> Splits:
     """The training and test sets of ``--dataset`` (``main_image``'s ``build_image_dataset``)."""
-    train, test, nb_classes, metric = build_image_dataset(args.dataset, args.data_path, img_size)
+    train, test, nb_classes, metric = build_image_dataset(args.dataset, args.data_path, img_size,
+                                                          digits=digits_variant(args))
     return Splits(None if args.eval else train, test, test, nb_classes, metric)
+
+
+def digits_variant(args: argparse.Namespace) -> DigitsVariant:
+    """The class subset and shift of ``digits`` (``--digits_classes``, ``--digits_shift``)."""
+    return DigitsVariant(tuple(args.digits_classes or ()), args.digits_shift)
 
 
 def eval_loader(dataset: Dataset, args: argparse.Namespace, info: DistInfo) -> DataLoader:
@@ -110,10 +126,13 @@ def model_img_size(model: nn.Module) -> int:
 
 
 def create_model(args: argparse.Namespace, nb_classes: int) -> nn.Module:
-    """The DyT ViT of ``--model`` with the adapter and dispatcher flags (spec Sec. b.1, b.2, b.5, b.6)."""
-    return build_model(model_name(args), num_classes=nb_classes, ffn_num=args.ffn_num, adapter_scale=args.scale,
-                       dispatch=args.dispatch, moe_experts=args.moe_experts, moe_router=args.moe_router,
-                       moe_merge=args.moe_merge, drop_path_rate=args.drop_path, img_size=args.input_size)
+    """The DyT ViT of ``--model`` with the adapter and dispatcher flags (spec Sec. b.1, b.2, b.5, b.6), and the
+    ``--token_mask`` control (not in the original) at rate ``--token_target_ratio``."""
+    model = build_model(model_name(args), num_classes=nb_classes, ffn_num=args.ffn_num, adapter_scale=args.scale,
+                        dispatch=args.dispatch, moe_experts=args.moe_experts, moe_router=args.moe_router,
+                        moe_merge=args.moe_merge, drop_path_rate=args.drop_path, img_size=args.input_size)
+    model.set_token_mask(args.token_mask, args.token_target_ratio)
+    return model
 
 
 def prepare_weights(model: nn.Module, args: argparse.Namespace, dataset: str) -> int:
@@ -169,6 +188,11 @@ def check_args(args: argparse.Namespace, choices: tuple[str, ...]) -> None:
         raise UserError(f"--warmup_epochs must lie in [0, --epochs={args.epochs}], got {args.warmup_epochs}")
     if args.ffn_num < 0:
         raise UserError(f"--ffn_num must be 0 (no adapter) or more, got {args.ffn_num}")
+    if args.token_mask != "learned" and args.dispatch == "none":
+        raise UserError(f"--token_mask {args.token_mask} replaces the dispatchers' masks; it needs --dispatch mlp "
+                        "(or another dispatch), not none")
+    if (args.digits_classes or args.digits_shift != "none") and dataset != "digits":
+        raise UserError(f"--digits_classes / --digits_shift apply to --dataset digits only, not {args.dataset}")
     if args.eval and not (args.eval_ckpt or args.resume):
         raise UserError("--eval needs the fine-tuned checkpoint to evaluate: pass --eval_ckpt PATH (or --resume PATH)")
     for flag in ("eval_ckpt", "resume"):
@@ -192,7 +216,7 @@ def run(args: argparse.Namespace, info: DistInfo, data_fn, vtab: bool = False) -
     """
     dataset = canonical_name(args.dataset, VTAB_CHOICES if vtab else IMAGE_CHOICES)
     seed_everything(args.seed)
-    model = create_model(args, num_classes_of(dataset, vtab=vtab))
+    model = create_model(args, num_classes_of(dataset, vtab=vtab, digits=digits_variant(args)))
     n_trainable = 0 if args.eval else prepare_weights(model, args, dataset)
     splits = data_fn(args, model_img_size(model))
     args.nb_classes = splits.nb_classes
@@ -402,6 +426,15 @@ def add_dyt_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
     add("--moe_router", default="sample", choices=("sample", "token"), help="MoE router input: per sample or token")
     add("--moe_merge", action="store_true", help="merge the experts' weights per sample instead of mixing outputs")
     add("--input_size", default=None, type=int, help="image side (default: the model's, 224 or 32 for vit_digits)")
+    add("--token_mask", default="learned", choices=TOKEN_MASKS,
+        help="learned: DyT's dispatchers (default); random / centre: a control that is not in the original, every "
+             "dispatcher's mask replaced by a random mask at rate --token_target_ratio or by the fixed mask of the "
+             "patches nearest the image centre at that rate")
+    add("--digits_classes", default=None, type=digit_classes, metavar="LIST",
+        help="--dataset digits only: keep these digits, relabelled 0..k-1, e.g. 0-4 or 5,6,7,8,9 (default: all)")
+    add("--digits_shift", default="none", choices=DIGITS_SHIFTS,
+        help="--dataset digits only: none (default); canvas: the digit at half size in a random quadrant of a noisy "
+             "canvas; canvas_inverted: the same with dark strokes on a light canvas")
     add_tracking_args(parser, "dyt")
 
 

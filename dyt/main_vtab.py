@@ -24,7 +24,7 @@ from common.config import add_config_argument, parse_args_with_config
 from common.distributed import run_distributed
 from common.errors import ArgumentParser, run_cli
 from dyt.data import PROTOCOLS, VTAB_CHOICES, build_vtab_dataset
-from dyt.main_image import Splits, add_dyt_args, check_args, run
+from dyt.main_image import Splits, add_dyt_args, check_args, digits_variant, run
 
 PROG = "main_vtab.py"
 
@@ -36,7 +36,8 @@ VTAB_DEFAULTS = {"weight_decay": 1e-4, "lr": 1e-3, "min_lr": 1e-5, "warmup_epoch
 
 def load_data(args: argparse.Namespace, img_size: int) -> Splits:
     """The splits of ``--dataset`` under ``--vtab_protocol`` (:func:`dyt.data.build_vtab_dataset`)."""
-    vtab = build_vtab_dataset(args.dataset, args.data_path, args.vtab_protocol, img_size)
+    vtab = build_vtab_dataset(args.dataset, args.data_path, args.vtab_protocol, img_size,
+                              digits=digits_variant(args))
     return Splits(None if args.eval else vtab.train, vtab.select, vtab.test, vtab.nb_classes, vtab.metric)
 
 

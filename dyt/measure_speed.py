@@ -40,7 +40,15 @@ from common.distributed import resolve_device, seed_everything
 from common.errors import UserError, run_cli
 from dyt.data import IMAGE_CHOICES, canonical_name, num_classes_of
 from dyt.engine import autocast
-from dyt.main_image import create_model, eval_loader, load_data, load_eval_checkpoint, model_img_size, model_name
+from dyt.main_image import (
+    create_model,
+    digits_variant,
+    eval_loader,
+    load_data,
+    load_eval_checkpoint,
+    model_img_size,
+    model_name,
+)
 from dyt.main_image import get_args_parser as image_args_parser
 from dyt.weights import load_pretrained_vit, resolve_finetune
 
@@ -101,7 +109,7 @@ def build_models(args: argparse.Namespace, nb_classes: int, device: torch.device
     else:
         print("note: no --eval_ckpt and no --finetune; measuring randomly initialised weights")
     twin_args = copy.copy(args)
-    twin_args.dispatch = "none"
+    twin_args.dispatch, twin_args.token_mask = "none", "learned"
     adaptformer = create_model(twin_args, nb_classes)
     load_state_dict(adaptformer, model.state_dict(), strict=False, source="the DyT weights")
     return model.to(device).eval(), adaptformer.to(device).eval()
@@ -113,7 +121,7 @@ def measure(args: argparse.Namespace) -> list[dict[str, Any]]:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     dataset = canonical_name(args.dataset, IMAGE_CHOICES)
-    model, adaptformer = build_models(args, num_classes_of(dataset), device)
+    model, adaptformer = build_models(args, num_classes_of(dataset, digits=digits_variant(args)), device)
     args.eval = True
     test_set = load_data(args, model_img_size(model)).test
     if len(test_set) < args.batch_size:

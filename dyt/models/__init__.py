@@ -1,6 +1,6 @@
 """DyT models: the ViT with adapters and token dispatchers, its layers, and the registry of named variants."""
 
-from dyt.models.layers import Adapter, MoEAdapter, TokenSelect, gumbel_sigmoid
+from dyt.models.layers import TOKEN_MASKS, Adapter, MoEAdapter, TokenSelect, centre_mask, gumbel_sigmoid
 from dyt.models.vision_transformer import (
     DISPATCH_MODES,
     EXECUTION_MODES,
@@ -12,5 +12,5 @@ from dyt.models.vision_transformer import (
     build_model,
 )
 
-__all__ = ["DISPATCH_MODES", "EXECUTION_MODES", "MODELS", "Adapter", "Attention", "Block", "ModelError",
-           "MoEAdapter", "TokenSelect", "VisionTransformer", "build_model", "gumbel_sigmoid"]
+__all__ = ["DISPATCH_MODES", "EXECUTION_MODES", "MODELS", "TOKEN_MASKS", "Adapter", "Attention", "Block", "ModelError",
+           "MoEAdapter", "TokenSelect", "VisionTransformer", "build_model", "centre_mask", "gumbel_sigmoid"]

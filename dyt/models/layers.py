@@ -5,7 +5,9 @@
 * :class:`MoEAdapter`: Sec. 3.4, N adapter experts mixed by a router (never released by the authors; the parts the
   paper leaves open are options here, see ``dyt/README.md``).
 * :class:`TokenSelect`: the token dispatcher (Sec. 3.1, Eq. 1): one logit per patch token, a Gumbel-sigmoid with a
-  straight-through hard mask in training and ``logit > 0`` at inference; the CLS token is always activated.
+  straight-through hard mask in training and ``logit > 0`` at inference; the CLS token is always activated. Its
+  ``token_mask`` can be switched to two controls that are not in the original (a random mask at rate r, or the
+  fixed mask of the patches nearest the image centre), which the proxy compares DyT's learned mask with.
 """
 
 from __future__ import annotations
@@ -37,21 +39,46 @@ def gumbel_sigmoid(logits: torch.Tensor, tau: float = 5.0, hard: bool = True, th
     return y_hard - y_soft.detach() + y_soft
 
 
+TOKEN_MASKS = ("learned", "random", "centre")
+
+
+def centre_mask(num_patches: int, rate: float) -> torch.Tensor:
+    """[num_patches] 0/1: the ``round(rate * num_patches)`` patches nearest the centre of the square patch grid
+    (Euclidean distance; ties in row-major order)."""
+    grid = math.isqrt(num_patches)
+    if grid * grid != num_patches:
+        raise ValueError(f"a centre mask needs a square patch grid, got {num_patches} patch tokens")
+    offset = (torch.arange(grid, dtype=torch.float64) - (grid - 1) / 2).square()
+    distance = (offset[:, None] + offset[None, :]).flatten()
+    mask = torch.zeros(num_patches)
+    mask[distance.argsort(stable=True)[:round(rate * num_patches)]] = 1.0
+    return mask
+
+
 class TokenSelect(nn.Module):
     """Token dispatcher (Sec. 3.1): ``Linear(C, 1)`` on the patch tokens, CLS re-inserted with mask 1.
 
     ``forward(x)`` returns ``(token_select [B, N, 1], logits [B, N-1, 1])``. tau stays fixed (the original never
-    calls its ``set_tau``).
+    calls its ``set_tau``). ``token_mask`` (:data:`TOKEN_MASKS`) is ``"learned"`` (the dispatcher) or one of two
+    controls at rate ``rate``, in training and in eval alike: ``"random"`` (every patch token kept with probability
+    ``rate``, drawn afresh each call from torch's generator) or ``"centre"`` (:func:`centre_mask`). A control's
+    mask does not depend on the logits, so the dispatcher then gets no gradient.
     """
 
     def __init__(self, dim: int, tau: float = 5.0, threshold: float = 0.5):
         super().__init__()
         self.mlp_head = nn.Linear(dim, 1)
         self.tau, self.threshold = tau, threshold
+        self.token_mask, self.rate = "learned", 0.5
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.mlp_head(x[:, 1:, :])
-        select = gumbel_sigmoid(logits, self.tau, True, self.threshold, self.training)
+        if self.token_mask == "learned":
+            select = gumbel_sigmoid(logits, self.tau, True, self.threshold, self.training)
+        elif self.token_mask == "random":
+            select = (torch.rand(logits.shape, device=x.device) < self.rate).to(logits.dtype)
+        else:
+            select = centre_mask(logits.shape[1], self.rate).to(logits)[None, :, None].expand_as(logits)
         return torch.cat([select.new_ones(x.shape[0], 1, 1), select], dim=1), logits
 
 

@@ -28,7 +28,7 @@ from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_, use_fused_attn
 from torch import nn
 
 from common.errors import UserError
-from dyt.models.layers import Adapter, MoEAdapter, TokenSelect
+from dyt.models.layers import TOKEN_MASKS, Adapter, MoEAdapter, TokenSelect
 
 DISPATCH_MODES = ("mlp", "attn", "attn_mlp", "layer", "none")
 EXECUTION_MODES = ("gather", "masked")
@@ -240,6 +240,16 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks:
             blk.execution = mode
 
+    def set_token_mask(self, token_mask: str, rate: float) -> None:
+        """Every dispatcher's mask: ``"learned"`` (DyT) or a control at ``rate`` (:class:`TokenSelect`)."""
+        if token_mask not in TOKEN_MASKS:
+            raise ModelError(f"unknown token mask {token_mask!r}; choose one of: {', '.join(TOKEN_MASKS)}")
+        selects = [m for m in self.modules() if isinstance(m, TokenSelect)]
+        if token_mask != "learned" and not selects:
+            raise ModelError(f"a {token_mask} token mask needs dispatchers; this model has dispatch='none'")
+        for select in selects:
+            select.token_mask, select.rate = token_mask, rate
+
     def forward_features(self, x: torch.Tensor, complete_model: bool = False
                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
         x = self.patch_embed(x)
@@ -300,6 +310,13 @@ def vit_tiny_d4_e192(**kwargs: Any) -> VisionTransformer:
 def vit_digits(**kwargs: Any) -> VisionTransformer:
     """The proxy model of spec Sec. g: 32 px, patch 4 (64 patches + CLS), dim 192, depth 6, 3 heads."""
     return VisionTransformer(**{**dict(img_size=32, patch_size=4, embed_dim=192, depth=6, num_heads=3), **kwargs})
+
+
+@register_model
+def vit_digits_tiny(**kwargs: Any) -> VisionTransformer:
+    """A smaller proxy model for the CPU budget of ``benchmarks/proxies/dyt.py``: 24 px, patch 4 (36 patches +
+    CLS), dim 64, depth 4, 2 heads."""
+    return VisionTransformer(**{**dict(img_size=24, patch_size=4, embed_dim=48, depth=4, num_heads=2), **kwargs})
 
 
 def build_model(name: str, num_classes: int = 1000, ffn_num: int = 64, adapter_scale: float | str = 0.1,

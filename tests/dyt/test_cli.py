@@ -1,7 +1,7 @@
 """The three entry points end to end on embedded data with a tiny ViT: main_image.py (training from a pretrained
 backbone, checkpoints in the original format, MLflow, exact resume, --eval), main_vtab.py (both protocols, the
-honoured lr / weight decay, the working --eval), measure_speed.py, a two-process Gloo run, and bad inputs (one line
-on stderr, exit status 2)."""
+honoured lr / weight decay, the working --eval), measure_speed.py, a two-process Gloo run, bad inputs (one line
+on stderr, exit status 2), and the transfer proxy's flags (digits class subset and shift, token-mask controls)."""
 
 from __future__ import annotations
 
@@ -172,6 +172,36 @@ def test_measure_speed_loads_the_fine_tuned_checkpoint(trained, tmp_path):
                                                "speedup_vs_complete"
 
 
+# ------------------------------------------------------------------------------- flags of the transfer proxy
+def test_digits_class_subset_shift_and_backbone_from_a_checkpoint(tmp_path):
+    """--digits_classes / --digits_shift (the proxy's source and target tasks) and --finetune from a
+    final_checkpoint.pth of this script: the head is dropped, the backbone loads and stays frozen."""
+    common = ["--dataset", "digits", "--digits_shift", "canvas", "--model", "vit_digits_tiny", "--device", "cpu",
+              "--batch_size", "64", "--num_workers", "0", "--warmup_epochs", "0", "--epochs", "1", "--no-mlflow"]
+    source = image_main(image_args(common + ["--digits_classes", "0-4", "--ffn_num", "0", "--dispatch", "none",
+                                             "--no_distill", "--output_dir", str(tmp_path / "source")]))
+    assert source["test"]["samples"] == 180
+    backbone = tmp_path / "source" / "final_checkpoint.pth"
+    target = image_main(image_args(common + ["--digits_classes", "5,6,7", "--ffn_num", "8", "--finetune",
+                                             str(backbone), "--output_dir", str(tmp_path / "target")]))
+    assert target["test"]["samples"] == 109  # the val images of digits 5, 6 and 7
+    before = torch.load(backbone, weights_only=True)["model"]
+    after = torch.load(tmp_path / "target" / "final_checkpoint.pth", weights_only=True)["model"]
+    assert after["head.weight"].shape == (3, 48) and before["head.weight"].shape == (5, 48)
+    assert torch.equal(after["blocks.3.mlp.fc1.weight"], before["blocks.3.mlp.fc1.weight"])
+    assert after["blocks.0.adaptmlp.up_proj.weight"].abs().sum() > 0
+
+
+def test_token_mask_controls_keep_the_target_rate_and_are_deterministic():
+    argv = TINY + ["--model", "vit_digits_tiny", "--input_size", "16", "--epochs", "1", "--token_target_ratio", "0.25",
+                   "--no-mlflow", "--output_dir", ""]
+    centre = image_main(image_args(argv + ["--token_mask", "centre"]))["test"]
+    assert centre["activation_rate"] == 0.25 and centre["layer_rates"] == [0.25] * 4  # the 4 of 16 central patches
+    first, second = (image_main(image_args(argv + ["--token_mask", "random"]))["test"] for _ in range(2))
+    assert first["activation_rate"] == pytest.approx(0.25, abs=0.03)
+    assert first["acc1"] == second["acc1"] and first["activation_rate"] == second["activation_rate"]
+
+
 @pytest.mark.slow
 def test_two_process_gloo_run(tmp_path):
     out = tmp_path / "ddp"
@@ -209,6 +239,11 @@ def _cli_error(cli, argv: list[str], capsys, prog: str) -> str:
     (["--token_target_ratio", "1.5"], "--token_target_ratio must lie in [0, 1]"),
     (["--dispatch", "tokens"], "argument --dispatch: invalid choice"),
     (["--epochs", "two"], "argument --epochs: invalid int value"),
+    (["--token_mask", "random", "--dispatch", "none"], "--token_mask random replaces the dispatchers' masks"),
+    (["--token_mask", "learnt"], "argument --token_mask: invalid choice"),
+    (["--digits_classes", "5"], "must name at least two distinct digits"),
+    (["--digits_classes", "a-b"], "is not a list of digits"),
+    (["--digits_shift", "canvas"], "apply to --dataset digits only"),
 ])
 def test_bad_inputs(extra, needle, capsys, tmp_path):
     line = _cli_error(image_cli, TINY + ["--no-mlflow", "--output_dir", str(tmp_path)] + extra, capsys,
@@ -245,5 +280,5 @@ def test_help_lists_the_original_flags(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--blr", "--ffn_num", "--token_target_ratio", "--auto_remove", "--vtab_protocol", "--finetune",
-                 "--mlflow-uri", "--dispatch"):
+                 "--mlflow-uri", "--dispatch", "--token_mask", "--digits_classes", "--digits_shift"):
         assert flag in text

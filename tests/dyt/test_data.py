@@ -1,5 +1,5 @@
 """dyt/data.py: dataset names and aliases, the original transforms, the metric per dataset, the VTAB-1K protocols,
-and clear errors for missing data."""
+clear errors for missing data, and the shifted digits of the transfer proxy."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ from dyt.data import (
     ACCURACY,
     IMAGE_DATASETS,
     MEAN_PER_CLASS,
+    DigitsVariant,
     MAERandomResizedCrop,
     build_image_dataset,
     build_vtab_dataset,
     canonical_name,
+    digit_classes,
     image_transform,
     num_classes_of,
     vtab_transform,
@@ -133,3 +135,30 @@ def test_embedded_vtab_stand_in_keeps_selection_and_test_apart():
     assert isinstance(val200.select, Subset) and isinstance(val200.test, Subset)
     assert not set(val200.select.indices) & set(val200.test.indices)
     assert len(val200.select) + len(val200.test) == 360
+
+
+def test_digit_class_lists():
+    assert digit_classes("5-9") == (5, 6, 7, 8, 9)
+    assert digit_classes("0,2, 4") == (0, 2, 4)
+    assert digit_classes("7-8,1") == (7, 8, 1)
+    for bad in ("5", "1,1", "8-10", "x"):
+        with pytest.raises(Exception, match="digits"):
+            digit_classes(bad)
+
+
+def test_digits_subset_relabelled_and_drawn_on_a_canvas():
+    plain_train, plain_val, _, _ = build_image_dataset("digits", None, img_size=24)
+    variant = DigitsVariant((7, 3), "canvas")
+    train, val, classes, _ = build_image_dataset("digits", None, img_size=24, digits=variant)
+    assert classes == num_classes_of("digits", digits=variant) == 2 and set(train.targets) == {0, 1}
+    keep = [t in (7, 3) for t in plain_val.targets]
+    assert len(val) == sum(keep) and val.targets == [0 if t == 7 else 1 for t in plain_val.targets if t in (7, 3)]
+    # the digit covers one 12 px quadrant: the other three hold only the noisy background (grey level 0.2)
+    quadrants = val.images[:, 0].unfold(1, 12, 12).unfold(2, 12, 12).amax(dim=(-1, -2)).flatten(1) * 0.5 + 0.5
+    assert ((quadrants > 0.75).sum(dim=1) == 1).all()
+    again = build_image_dataset("digits", None, img_size=24, digits=variant)[1]
+    assert torch.equal(again.images, val.images)  # placements and noise are fixed per split
+    inverted = build_image_dataset("digits", None, img_size=24, digits=DigitsVariant((7, 3), "canvas_inverted"))[1]
+    assert torch.allclose(inverted.images, -val.images, atol=1e-6)
+    with pytest.raises(DataError, match="unknown digits shift"):
+        DigitsVariant((), "rotate")

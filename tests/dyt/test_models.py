@@ -1,4 +1,5 @@
-"""DyT models: state-dict layouts of the manifests, parameter counts, the dispatch variants, gather == masked, MoE."""
+"""DyT models: state-dict layouts of the manifests, parameter counts, the dispatch variants, gather == masked, MoE,
+and the token-mask controls."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 import torch
 
 from common.errors import UserError
-from dyt.models import MODELS, build_model, gumbel_sigmoid
+from dyt.models import MODELS, build_model, centre_mask, gumbel_sigmoid
 
 MANIFESTS = {"image_ffn64": (64, 0.1), "vtab_ffn16": (16, 1.0), "vtab_ffn8": (8, 1.0)}
 VARIANTS = ("mlp", "attn", "attn_mlp", "layer")
@@ -192,3 +193,21 @@ def test_moe_adapter_modes(router):
     out, aux = summed(x)
     out.sum().backward()
     assert summed.blocks[0].adaptmlp.router.weight.grad.abs().sum() > 0
+
+
+def test_token_mask_controls():
+    assert centre_mask(16, 0.25).view(4, 4).tolist() == [[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]
+    assert centre_mask(36, 0.5).sum() == 18
+    model = decisive_model()
+    x = torch.randn(64, 3, 32, 32)
+    model.set_token_mask("centre", 0.5)
+    for training in (True, False):
+        masks = model.train(training)(x)[1]["token_select"][..., 0]  # [B, L, 64]
+        assert torch.equal(masks, centre_mask(64, 0.5).expand_as(masks))
+    model.set_token_mask("random", 0.3)
+    model.eval()
+    assert model(x)[1]["token_select"].mean().item() == pytest.approx(0.3, abs=0.02)
+    with pytest.raises(UserError, match="needs dispatchers"):
+        build_model("vit_digits", ffn_num=8, dispatch="none").set_token_mask("random", 0.5)
+    with pytest.raises(UserError, match="unknown token mask"):
+        model.set_token_mask("fixed", 0.5)
