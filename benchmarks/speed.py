@@ -1,56 +1,42 @@
-"""What the dynamic models really buy in wall-clock time: realised speed-up against the ideal one (issue 8, item 2).
+"""What the dynamic models really buy in wall-clock time: realised speed-up against the ideal (MAC-ratio) one.
 
-For every dynamic model and each of its configurations, inference throughput (images/s) at each ``--batch-sizes``
-(batch 1 = ``--batch1-images`` images fed one at a time; their distribution of exits / routes is what a single
-request sees), in eval mode without gradients, torch threads = the number of cores, after warm-up, the median of
-``--repeats`` rounds; the configurations of a model and its static full model are timed round-robin in the same
-process, so a change in the machine's load affects all alike. Each row gives
+Each dynamic model's configurations and its static full model are timed together by
+:func:`benchmarks.timing.time_interleaved` at each ``--batch-sizes`` (batch 1 = ``--batch1-images`` images fed
+one at a time: the exits / routes a single request sees). Each row gives
 
 * realised speed-up = images/s of the configuration / images/s of the static full model,
 * ideal speed-up = MACs of the static full model / MACs the configuration executes on the same images
   (:func:`common.flops.count_macs`: skipped blocks, sliced weights, gathered-out tokens and exited samples cost
-  nothing), and their ratio realised / ideal, against the issue's target (0.9 for ADN and DS-Net sub-networks,
-  0.8 for DyT at r = 0.5 and JEI-DNN at its default lambda).
+  nothing), their ratio realised / ideal and whether it ``meets`` the target at batch > 1: 0.9 for ADN's skip
+  configurations and DS-Net's sub-networks, 0.8 for DyT's gathered execution at r = 0.5 and JEI-DNN at its
+  default lambda.
 
-The models (random-init weights: speed does not depend on them, and there is no fine-tuned checkpoint here):
+The models (random-init weights: speed does not depend on them; one ``*_suites`` function each): ADN's skip
+configurations, DS-Net's sub-networks and gate-routed model, JEI-DNN's early-exit forward (exits set by
+:func:`exit_gates`), DyT's token dispatcher gathered and masked (rate set by :func:`set_dispatch_rate`), PAD-Net
+deployed and in training form and DY-Conv. A configuration below its target is profiled
+(:func:`explain_shortfall`, ``torch.profiler`` on the same images): how much faster its MAC-bearing operators
+run than the full model's, against the MAC ratio, and how much time goes to operators without MACs (norms,
+activations, copies). ``--quick`` (``make demo``) times the smaller model of each paper (MobileNetV2 for ADN and
+PAD-Net, the 4-block ViT-Ti at 224 px for DyT) and the first and last configurations; ``--tiny`` the
+proxies' 32 px models. Writes ``speed.csv``, ``speed.md`` and ``speed.png`` to ``--output-dir``.
 
-* ADN ResNet-50 and MobileNetV2: the 16 skip configurations FFFF..TTTT against torchvision's static model;
-* DS-Net ``slimmable_mbnet_v1_bn_uniform``: sub-networks 0..13 and the gate-routed dynamic model (argmax routes
-  over sub-networks 0-3, the realised route histogram reported) against the ``largest`` widths;
-* JEI-DNN T2T-ViT-7 (CIFAR-10 head): the real early-exit forward that drops exited samples from the batch, with
-  every sample leaving at exit ``l`` (one row per exit) and with the gates set so that the exit distribution is
-  ``--jeidnn-exit-fractions`` (the stand-in for a gate trained at the default lambda 0.7; the realised
-  distribution is reported), against the backbone alone;
-* DyT ViT-B/16 and PAD-Net ResNet-50 when their subprojects import (skipped with a note otherwise).
-
-Training-step overhead: one optimizer step of each method against plain training of the same backbone (ADN's two
-passes, DS-Net's sandwich of four widths, JEI-DNN's GATE and CLASSIFIER phases on the frozen backbone, DyT's
-dispatcher pass plus the complete-model pass, PAD-Net's dynamic convolutions), at ``--train-batch-size``.
-
-A configuration below its target is profiled (:func:`explain_shortfall`, ``torch.profiler`` on the same images):
-how much faster its MAC-bearing operators (convolutions, matrix products, attention) run than the full model's
-against the MAC ratio, and how much of its time goes to operators with no MACs (norms, activations, copies), whose
-cost follows the activations' size rather than the MACs; the ``profile`` column and ``speed.md`` carry the finding.
-
-Writes ``speed.csv``, ``speed.md`` and ``speed.png`` to ``--output-dir``.
-
-    python -m benchmarks.speed                            # every model (estimated 8-10 min on 2 quiet CPU cores)
-    python -m benchmarks.speed --quick --only adn,jeidnn  # fewer configurations and rounds
-    python -m benchmarks.speed --device cuda              # on a GPU (synchronised timing)
+    python -m benchmarks.speed                               # every model (make speed)
+    python -m benchmarks.speed --quick --output-dir results  # make demo's stage
+    python -m benchmarks.speed --only adn,dyt --device cuda  # on a GPU (synchronised timing)
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import csv
+import functools
 import os
 import shlex
-import statistics
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -58,206 +44,137 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from benchmarks.tables import machine_info, markdown_table, write_csv
+from benchmarks.timing import fixed_threads, time_interleaved
 from common.errors import ArgumentParser, UserError, run_cli
 from common.flops import count_macs
 
-DEFAULT_EXIT_FRACTIONS = (1 / 7,) * 7
+PAPERS = ("adn", "dsnet", "jeidnn", "dyt", "padnet")
 CSV_FIELDS = ("paper", "model", "config", "kind", "batch_size", "device", "threads", "repeats", "baseline",
               "macs_per_image", "baseline_macs_per_image", "median_s", "baseline_s", "images_per_s",
               "baseline_images_per_s", "realised_speedup", "ideal_speedup", "efficiency", "target", "meets_target",
-              "overhead", "realised", "profile")
+              "realised", "profile", "images_per_s_low", "images_per_s_high")
+MAC_OPERATORS = ("conv", "mm", "matmul", "scaled_dot_product", "einsum")  # aten names of the ops that do the MACs
 
 
-class SpeedError(UserError):
-    """A bad flag (unknown model, batch size, device or exit distribution)."""
-
-
-# ------------------------------------------------------------------------------------------------------ suites
 @dataclass
 class Variant:
-    """One configuration: ``forward(x)`` runs it on a batch; ``describe(x)`` says what it did (exits, routes);
-    ``prepare(x)`` sets it up for the timed images ``x`` (untimed). The MACs of an input-independent (``static``)
-    configuration are counted on one image, those of a dynamic one on all the timed images."""
+    """One configuration: ``forward(x)`` runs it; ``prepare(x)`` sets it up for the timed images (untimed);
+    ``describe(x)`` says what it did (exits, routes). A ``static`` one's MACs are counted on one image."""
 
     name: str
     forward: Callable[[torch.Tensor], Any]
     target: float | None = None
-    describe: Callable[[torch.Tensor], str] | None = None
-    prepare: Callable[[torch.Tensor], None] | None = None
+    describe: Callable[[torch.Tensor], str] = lambda x: ""
+    prepare: Callable[[torch.Tensor], None] = lambda x: None
     static: bool = True
 
 
 @dataclass
-class TrainStep:
-    """One training step of the method and of plain training of the same backbone: ``step(x, y)`` each."""
-
-    name: str
-    step: Callable[[torch.Tensor, torch.Tensor], Any]
-    plain: Callable[[torch.Tensor, torch.Tensor], Any]
-    what: str
-
-
-@dataclass
 class Suite:
-    """A dynamic model, its static full model (``baseline``) and its configurations, all on ``device``."""
+    """A dynamic model, its static full model (``baseline``) and its configurations."""
 
     paper: str
     model: str
     img_size: int
     baseline: Variant
     variants: list[Variant]
-    num_classes: int = 1000
-    train_steps: list[TrainStep] = field(default_factory=list)
 
 
 @dataclass
 class Settings:
     device: torch.device
-    quick: bool
-    tiny: bool
-    exit_fractions: tuple[float, ...]
+    quick: bool = False
+    tiny: bool = False
+    exit_fractions: tuple[float, ...] = (1 / 7,) * 7
     dyt_rate: float = 0.5
 
 
-def _sgd(model: nn.Module) -> torch.optim.Optimizer:
-    return torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+def pick(names: Sequence[Any], quick: bool) -> list[Any]:
+    """Every configuration, or with ``quick`` the first and the last (the extremes of each model)."""
+    return [names[0], names[-1]] if quick and len(names) > 2 else list(names)
 
 
-def _plain_step(model: nn.Module, output: Callable[[torch.Tensor], torch.Tensor] | None = None):
-    """A plain supervised step: CE on ``model(x)`` (or ``output(x)``), backward, SGD."""
-    optimizer, criterion = _sgd(model), nn.CrossEntropyLoss()
-
-    def step(x: torch.Tensor, y: torch.Tensor) -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        criterion(model(x) if output is None else output(x), y).backward()
-        optimizer.step()
-
-    return step
-
-
+# ------------------------------------------------------------------------------------------------------ suites
 def adn_suites(settings: Settings) -> list[Suite]:
-    """ADN (Sec. 3.1): every skip configuration of ResNet-50-ADN and MobileNetV2-ADN vs torchvision's static net."""
+    """ADN (Sec. 3.1): the skip configurations of ResNet-50-ADN / MobileNetV2-ADN against torchvision's static net."""
     import torchvision
 
-    from adn.engine import train_step
     from adn.models import create_model
 
-    archs = [("resnet_adn_cifar", None, 32)] if settings.tiny else [
-        ("resnet50", torchvision.models.resnet50, 224), ("mobilenet_v2", torchvision.models.mobilenet_v2, 224)]
     suites = []
-    for arch, static_fn, size in archs:
+    for arch in ["resnet_adn_cifar"] if settings.tiny else ["mobilenet_v2"] if settings.quick else [
+            "resnet50", "mobilenet_v2"]:
         torch.manual_seed(0)
         model = create_model(arch).to(settings.device).eval()
-        static = (static_fn() if static_fn else create_model(arch)).to(settings.device).eval()
-        names = model.configurations()
-        if settings.quick:
-            names = [names[0], names[len(names) // 2], names[-1]]
-        variants = [Variant(name, lambda x, n=name, m=model: m(x, n), 0.9) for name in names]
-        baseline = Variant("torchvision static" if static_fn else "FFFF (static stand-in)", static)
-        criterion, optimizer = nn.CrossEntropyLoss(), _sgd(model)
-
-        def adn_step(x: torch.Tensor, y: torch.Tensor, model=model, optimizer=optimizer, criterion=criterion) -> None:
-            model.train()
-            optimizer.zero_grad(set_to_none=True)
-            train_step(model, x, y, criterion)
-            optimizer.step()
-
-        steps = [TrainStep("ADN two-pass self-distillation", adn_step, _plain_step(static),
-                           "super-net CE pass + base-net KD pass, two backward calls, one SGD step")]
-        suites.append(Suite("adn", f"{arch}-ADN", size, baseline, variants, 1000, steps))
+        static = (create_model(arch) if settings.tiny else torchvision.models.get_model(arch)).to(settings.device)
+        configurations = pick(model.configurations(), settings.quick)
+        variants = [Variant(n, lambda x, n=n, m=model: m(x, n), 0.9) for n in configurations]
+        baseline = Variant("FFFF (static stand-in)" if settings.tiny else "torchvision static", static.eval())
+        suites.append(Suite("adn", f"{arch}-ADN", 32 if settings.tiny else 224, baseline, variants))
     return suites
 
 
 def dsnet_suites(settings: Settings) -> list[Suite]:
-    """DS-Net (Sec. 3): the 14 sub-networks (sliced weights) and the gate-routed model vs the largest widths."""
-    from timm.loss import SoftTargetCrossEntropy
-
-    from dsnet.engine import sandwich_step
+    """DS-Net (Sec. 3): the sub-networks (sliced weights) and the gate-routed model against the largest widths."""
     from dsnet.models import create_model
 
-    name = "slimmable_mbnet_v1_bn_uniform_tiny" if settings.tiny else "slimmable_mbnet_v1_bn_uniform"
-    size = 32 if settings.tiny else 224
+    name = "slimmable_mbnet_v1_bn_uniform" + ("_tiny" if settings.tiny else "")
     torch.manual_seed(0)
     model = create_model(name, num_classes=10 if settings.tiny else 1000).to(settings.device).eval()
-    choices = list(range(model.num_choices))
-    if settings.quick:
-        choices = [0, model.num_choices // 2, model.num_choices - 1]
 
     def run(mode: str, choice: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
         def forward(x: torch.Tensor) -> torch.Tensor:
             model.set_mode(mode, choice)
+            model.gate_noise = False
             return model(x)
         return forward
 
-    def dynamic(x: torch.Tensor) -> torch.Tensor:
-        model.set_mode("dynamic")
-        model.gate_noise = False
-        return model(x)
-
     def routes(x: torch.Tensor) -> str:
-        dynamic(x)
+        run("dynamic")(x)
         counts = torch.bincount(model.route.index.flatten().cpu(), minlength=len(model.routing_space)).tolist()
         return "routes " + " / ".join(f"{c}: {n}" for c, n in zip(model.routing_space, counts, strict=True))
 
-    variants = [Variant(f"sub-network {c}", run("uniform", c), 0.9) for c in choices]
-    variants.append(Variant("dynamic (gate, argmax routes 0-3)", dynamic, None, routes, static=False))
-    teacher = copy.deepcopy(model).eval()
-    optimizer, criterion, distill = _sgd(model), nn.CrossEntropyLoss(), SoftTargetCrossEntropy()
-
-    def sandwich(x: torch.Tensor, y: torch.Tensor) -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        sandwich_step(model, teacher, x, y, criterion, distill)
-        optimizer.step()
-        model.eval()
-
-    largest = run("largest")
-    steps = [TrainStep("DS-Net sandwich (Stage I)", sandwich, _plain_step(model, largest),
-                       "largest + 2 random + smallest widths, in-place bootstrapping from an EMA teacher (one extra "
-                       "no-grad pass); plain = the largest widths alone")]
-    return [Suite("dsnet", name, size, Variant("largest", largest), variants, model.num_classes, steps)]
+    variants = [Variant(f"sub-network {c}", run("uniform", c), 0.9)
+                for c in pick(range(model.num_choices), settings.quick)]
+    variants.append(Variant("dynamic (gate, argmax routes 0-3)", run("dynamic"), None, routes, static=False))
+    return [Suite("dsnet", name, 32 if settings.tiny else 224, Variant("largest", run("largest")), variants)]
 
 
 def exit_gates(model: nn.Module, x: torch.Tensor, fractions: Sequence[float]) -> None:
     """Set JEI-DNN's gates so that on ``x`` a fraction ``fractions[l]`` of the samples exits at exit ``l``.
 
-    Each gate ``nn.Linear(4, 1)`` reads the uncertainty features of its IC (Sec. b); it is set to a steep step on
-    the first one, ``p_max``: ``a_l = k (p_max - t_l)``, with ``t_l`` between the samples still in the batch that
+    Each gate ``nn.Linear(4, 1)`` reads its IC's uncertainty features (Sec. 3.1); it becomes a steep step on the
+    first one, ``p_max``: ``a_l = k (p_max - t_l)``, with ``t_l`` between the samples still in the batch that
     should leave at ``l`` (the most confident) and those that go on. The last fraction is the final head's.
     """
     from jeidnn.models.gates import uncertainty_features
 
     with torch.no_grad():
         _, ic_logits = model(x)
-        batch = x.size(0)
-        remaining = torch.ones(batch, dtype=torch.bool, device=x.device)
-        cumulative, assigned = 0.0, 0
+        n = x.size(0)
+        remaining = torch.ones(n, dtype=torch.bool, device=x.device)
         for level, gate in enumerate(model.gates):
-            cumulative += fractions[level]
-            want = min(max(int(round(cumulative * batch)) - assigned, 0), int(remaining.sum()))
+            left = int(remaining.sum())  # the samples that did not exit before this level
+            want = min(max(round(sum(fractions[:level + 1]) * n) - (n - left), 0), left)
             p_max = uncertainty_features(ic_logits[level])[:, 0]
             gate.linear.weight.zero_()
+            gate.linear.bias.fill_(-30.0 if want == 0 else 30.0)
             if want == 0:
-                gate.linear.bias.fill_(-30.0)
                 continue
             candidates = p_max[remaining].sort(descending=True).values
-            if want == len(candidates):
-                gate.linear.bias.fill_(30.0)
-                leave = remaining.clone()
-            else:
+            leave = remaining.clone()
+            if want < len(candidates):
                 upper, lower = float(candidates[want - 1]), float(candidates[want])
                 threshold, gap = (upper + lower) / 2, max((upper - lower) / 2, 1e-12)
                 gate.linear.weight[0, 0] = 30.0 / gap
                 gate.linear.bias.fill_(-30.0 / gap * threshold)
-                leave = remaining & (p_max > threshold)
+                leave &= p_max > threshold
             remaining &= ~leave
-            assigned += int(leave.sum())
 
 
 def jeidnn_suites(settings: Settings) -> list[Suite]:
-    """JEI-DNN (Sec. 3): the truly early-exiting forward of T2T-ViT-7 vs its backbone alone."""
-    from jeidnn import engine
+    """JEI-DNN (Sec. 3): the truly early-exiting forward of T2T-ViT-7 against its backbone alone."""
     from jeidnn.dynn import early_exit_forward
     from jeidnn.models import create_model
 
@@ -266,7 +183,7 @@ def jeidnn_suites(settings: Settings) -> list[Suite]:
     model = create_model("t2t_vit_7", num_classes=10, img_size=size, drop_path_rate=0.0).to(settings.device).eval()
     exits = model.num_exits + 1
     if len(settings.exit_fractions) != exits:
-        raise SpeedError(f"--jeidnn-exit-fractions needs {exits} values (exits 0..{exits - 2} and the final head), "
+        raise UserError(f"--jeidnn-exit-fractions needs {exits} values (exits 0..{exits - 2} and the final head), "
                          f"got {len(settings.exit_fractions)}")
 
     def backbone(x: torch.Tensor) -> torch.Tensor:
@@ -279,62 +196,25 @@ def jeidnn_suites(settings: Settings) -> list[Suite]:
         """Its own gates (set on the timed images by ``prepare``), swapped into the model before each forward."""
         gates = copy.deepcopy(model.gates)
 
+        def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            model.gates = gates
+            return early_exit_forward(model, x)
+
+        def describe(x: torch.Tensor) -> str:
+            share = torch.bincount(forward(x)[1].cpu(), minlength=exits).double() / x.size(0)
+            return "exits " + " ".join(f"{s:.2f}" for s in share.tolist())
+
         def prepare(x: torch.Tensor) -> None:
             model.gates = gates
             exit_gates(model, x, fractions)
 
-        def forward(x: torch.Tensor) -> torch.Tensor:
-            model.gates = gates
-            return early_exit_forward(model, x)[0]
-
-        def describe(x: torch.Tensor) -> str:
-            model.gates = gates
-            share = torch.bincount(early_exit_forward(model, x)[1].cpu(), minlength=exits).double() / x.size(0)
-            return "exits " + " ".join(f"{s:.2f}" for s in share.tolist())
-
         return Variant(name, forward, target, describe, prepare, static=False)
 
-    levels = range(exits) if not settings.quick else (0, exits // 2, exits - 1)
-    variants = []
-    for level in levels:
-        onehot = [1.0 if i == level else 0.0 for i in range(exits)]
-        name = "final head (all blocks, gates on)" if level == exits - 1 else f"all samples exit at {level}"
-        variants.append(variant(name, onehot, None))
+    variants = [variant(f"all samples exit at {level}" if level < exits - 1 else "final head (all blocks, gates on)",
+                        [float(i == level) for i in range(exits)], None)
+                for level in pick(range(exits), settings.quick)]
     variants.append(variant("default lambda stand-in (exit mix)", settings.exit_fractions, 0.8))
-
-    gated = copy.deepcopy(model)
-    engine.freeze_backbone(gated)
-    costs = [(level + 1) / exits for level in range(exits)]
-    settings_bilevel = engine.BilevelSettings(ce_ic_tradeoff=0.7, costs=costs, bilevel_batch_count=1)
-    optimizer = _sgd(gated)
-
-    def phase(kind: str) -> Callable[[torch.Tensor, torch.Tensor], None]:
-        def step(x: torch.Tensor, y: torch.Tensor) -> None:
-            gated.train()
-            optimizer.zero_grad(set_to_none=True)
-            final_logits, ic_logits = gated(x)
-            if kind == "gate":
-                loss = engine.gate_phase_loss(gated, final_logits, ic_logits, y, settings_bilevel)[0]
-            else:
-                loss = engine.classifier_phase_loss(gated, ic_logits, y, settings_bilevel)[0]
-            loss.backward()
-            optimizer.step()
-        return step
-
-    plain_model = copy.deepcopy(model)
-
-    def plain_output(x: torch.Tensor) -> torch.Tensor:
-        tokens = plain_model.embed(x)
-        for block in plain_model.blocks:
-            tokens = block(tokens)
-        return plain_model.head(plain_model.normed_cls(tokens))
-
-    plain = _plain_step(plain_model, plain_output)
-    steps = [TrainStep("JEI-DNN GATE phase", phase("gate"), plain,
-                       "frozen backbone + all ICs, gate BCE on the oracle exits; plain = backbone fine-tuning"),
-             TrainStep("JEI-DNN CLASSIFIER phase", phase("classifier"), plain,
-                       "frozen backbone + all ICs, IC CE (gates without grad); plain = backbone fine-tuning")]
-    return [Suite("jeidnn", "t2t_vit_7", size, Variant("backbone alone", backbone), variants, 10, steps)]
+    return [Suite("jeidnn", "t2t_vit_7", size, Variant("backbone alone", backbone), variants)]
 
 
 def set_dispatch_rate(model: nn.Module, x: torch.Tensor, rate: float, seed: int = 0) -> None:
@@ -365,128 +245,71 @@ def set_dispatch_rate(model: nn.Module, x: torch.Tensor, rate: float, seed: int 
 
 
 def dyt_suites(settings: Settings) -> list[Suite]:
-    """DyT (Sec. 3.1): the MLP token dispatcher at rate ``r``, gathered (real skipping) and masked, against the
-    same backbone and adapters without dispatchers (AdaptFormer, the static full model)."""
-    from dyt.losses import DyTLoss
+    """DyT (Sec. 3.1): the MLP token dispatcher at rate ``r``, gathered and masked, against the same backbone and
+    adapters without dispatchers (AdaptFormer, the static full model)."""
     from dyt.models import build_model
 
-    name, size = ("vit_digits", 32) if settings.tiny else ("vit_base_patch16_224_in21k", 224)
+    name, size = (("vit_digits", 32) if settings.tiny else ("vit_tiny_d4_e192", 224) if settings.quick
+                  else ("vit_base_patch16_224_in21k", 224))
     torch.manual_seed(0)
     model = build_model(name, num_classes=100, ffn_num=64, dispatch="mlp").to(settings.device).eval()
     static = build_model(name, num_classes=100, ffn_num=64, dispatch="none").to(settings.device).eval()
     rate = settings.dyt_rate
 
-    def run(execution: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(execution: str) -> Variant:
         def forward(x: torch.Tensor) -> torch.Tensor:
             model.execution = execution
             return model(x)[0]
-        return forward
 
-    def prepare(x: torch.Tensor) -> None:
-        set_dispatch_rate(model, x[:8], rate)
+        def kept(x: torch.Tensor) -> str:
+            return f"tokens kept {float(model(x)[1]['token_select'].float().mean()):.3f} (target {rate})"
 
-    def kept(x: torch.Tensor) -> str:
-        return f"tokens kept {float(model(x)[1]['token_select'].float().mean()):.3f} (MLP dispatch, target {rate})"
+        return Variant(f"r={rate} {execution}", forward, 0.8 if execution == "gather" else None, kept,
+                       lambda x: set_dispatch_rate(model, x[:8], rate), static=False)
 
-    variants = [Variant(f"r={rate} gather", run("gather"), 0.8, kept, prepare, static=False)]
-    if not settings.quick:
-        variants.append(Variant(f"r={rate} masked (no skipping)", run("masked"), None, kept, prepare, static=False))
-    criterion = DyTLoss(token_target_ratio=rate)
-    optimizer = _sgd(model)
-
-    def dyt_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        logits, aux = model(x)
-        complete = model(x, complete_model=True)[0]
-        criterion(logits, aux["token_select"], y, complete_logits=complete)[0].backward()
-        optimizer.step()
-        model.eval()
-
-    steps = [TrainStep("DyT (dispatch pass + complete-model pass)", dyt_step,
-                       _plain_step(static, lambda x: static(x)[0]),
-                       "Gumbel-masked pass + complete-model pass for the distillation, DyT loss; plain = the same "
-                       "backbone and adapters without dispatchers (AdaptFormer), CE")]
-    return [Suite("dyt", name, size, Variant("no dispatcher (AdaptFormer)", lambda x: static(x)[0]), variants, 100,
-                  steps)]
+    return [Suite("dyt", name, size, Variant("no dispatcher (AdaptFormer)", lambda x: static(x)[0]),
+                  [run("gather"), run("masked")])]
 
 
 def padnet_suites(settings: Settings) -> list[Suite]:
-    """PAD-Net (Sec. 3): DY-Conv ResNet-50 in training form, PAD-Net in training and deployed form, against the
-    static ResNet-50."""
+    """PAD-Net (Sec. 3): DY-Conv, PAD-Net in training and deployed form, against the static network."""
     from padnet.dyconv import deploy as padnet_deploy
     from padnet.dyconv.models import build_model
 
-    prefix = "DyResNet10" if settings.tiny else "DyResNet50"
-    size = 32 if settings.tiny else 224
+    static_name, prefix, width = (("resnet10", "DyResNet10", {}) if settings.tiny else
+                                  ("mobilenetv2", "Dymobilenetv2", {"width_multiplier": 1.0}) if settings.quick else
+                                  ("resnet50", "DyResNet50", {}))
     torch.manual_seed(0)
-    static = build_model(prefix.replace("DyResNet", "resnet")).to(settings.device).eval()
-    dynamic = build_model(prefix).to(settings.device).eval()
-    pad = build_model(f"{prefix}_PAD").to(settings.device).eval()
+    static = build_model(static_name, **width).to(settings.device).eval()
+    dynamic = build_model(prefix, **width).to(settings.device).eval()
+    pad = build_model(f"{prefix}_PAD", **width).to(settings.device).eval()
     deployed = padnet_deploy.deploy(copy.deepcopy(pad)).to(settings.device).eval()
-    variants = [Variant("PAD-Net deployed", deployed), Variant("PAD-Net training form", pad),
-                Variant("DY-Conv (fully dynamic)", dynamic)]
-    steps = [TrainStep("DY-Conv training", _plain_step(dynamic), _plain_step(static),
-                       "dynamic convolutions (attention over K kernels); plain = the static ResNet"),
-             TrainStep("PAD-Net training", _plain_step(pad), _plain_step(static),
-                       "partially dynamic convolutions (static + dynamic parts); plain = the static ResNet")]
-    return [Suite("padnet", prefix, size, Variant("static ResNet", static), variants, 1000, steps)]
+    variants = pick([Variant("PAD-Net deployed", deployed), Variant("PAD-Net training form", pad),
+                     Variant("DY-Conv (fully dynamic)", dynamic)], settings.quick)
+    return [Suite("padnet", prefix, 32 if settings.tiny else 224, Variant("static network", static), variants)]
 
 
-SUITES: dict[str, tuple[str, Callable[[Settings], list[Suite]]]] = {
-    "adn": ("adn.models", adn_suites),
-    "dsnet": ("dsnet.models", dsnet_suites),
-    "jeidnn": ("jeidnn.models", jeidnn_suites),
-    "dyt": ("dyt.models", dyt_suites),
-    "padnet": ("padnet.dyconv.deploy", padnet_suites),
-}
+SUITES: dict[str, Callable[[Settings], list[Suite]]] = {
+    "adn": adn_suites, "dsnet": dsnet_suites, "jeidnn": jeidnn_suites, "dyt": dyt_suites, "padnet": padnet_suites}
 
 
-# ------------------------------------------------------------------------------------------------------ timing
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
+# ------------------------------------------------------------------------------------------------------ measure
 def batched(forward: Callable[[torch.Tensor], Any], batch_size: int) -> Callable[[torch.Tensor], Any]:
     """At batch 1 the images of ``x`` go through one at a time (a stream of single requests); else as one batch."""
-    if batch_size != 1:
-        return forward
-    return lambda x: [forward(x[i:i + 1]) for i in range(x.size(0))]
+    return forward if batch_size != 1 else lambda x: [forward(x[i:i + 1]) for i in range(x.size(0))]
 
 
-def _bind(forward: Callable[[torch.Tensor], Any], x: torch.Tensor) -> Callable[[], Any]:
-    return lambda: forward(x)
-
-
-def time_round_robin(calls: dict[str, Callable[[], Any]], warmup: int, repeats: int, device: torch.device,
-                     desc: str = "timing") -> dict[str, list[float]]:
-    """Seconds of every call, interleaved: ``warmup`` untimed rounds, then ``repeats`` timed rounds of each."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    for r in tqdm(range(warmup + repeats), desc=desc, leave=False, dynamic_ncols=True):
-        for name, call in calls.items():
-            _sync(device)
-            start = time.perf_counter()
-            call()
-            _sync(device)
-            if r >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return times
-
-
-MAC_OPERATORS = ("conv", "mm", "matmul", "scaled_dot_product", "einsum")  # aten names of the ops that do the MACs
-
-
-def op_times(forward: Callable[[torch.Tensor], Any], x: torch.Tensor, device: torch.device) -> dict[str, float]:
+def op_times(forward: Callable[[torch.Tensor], Any], x: torch.Tensor, device: torch.device, threads: int | None = None
+             ) -> dict[str, float]:
     """Self time (s) per aten operator of one ``forward(x)`` under ``torch.profiler`` (device time on a GPU)."""
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.no_grad(), torch.profiler.profile(activities=activities) as prof:
+    cuda = device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + [torch.profiler.ProfilerActivity.CUDA] * cuda
+    with fixed_threads(threads), torch.profiler.profile(activities=activities) as prof:
         forward(x)
-        _sync(device)
-    field_name = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return {e.key: getattr(e, field_name) / 1e6 for e in prof.key_averages() if getattr(e, field_name) > 0}
+        if cuda:
+            torch.cuda.synchronize(device)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    return {e.key: getattr(e, key) / 1e6 for e in prof.key_averages() if getattr(e, key) > 0}
 
 
 def explain_shortfall(baseline: dict[str, float], config: dict[str, float], ideal: float) -> str:
@@ -495,8 +318,7 @@ def explain_shortfall(baseline: dict[str, float], config: dict[str, float], idea
         mac = sum(t for name, t in ops.items() if any(m in name for m in MAC_OPERATORS))
         return mac, sum(ops.values()) - mac
 
-    base_mac, base_other = split(baseline)
-    cfg_mac, cfg_other = split(config)
+    (base_mac, base_other), (cfg_mac, cfg_other) = split(baseline), split(config)
     top = sorted(config.items(), key=lambda item: -item[1])[:4]
     total = cfg_mac + cfg_other
     return (f"MAC-bearing ops run {base_mac / cfg_mac:.2f}x faster than the full model's for {ideal:.2f}x fewer MACs; "
@@ -506,101 +328,55 @@ def explain_shortfall(baseline: dict[str, float], config: dict[str, float], idea
 
 
 def measure_inference(suite: Suite, batch_sizes: Sequence[int], batch1_images: int, warmup: int, repeats: int,
-                      device: torch.device) -> list[dict[str, Any]]:
+                      device: torch.device, threads: int) -> list[dict[str, Any]]:
     """Rows of the inference table for one suite (module docstring)."""
     rows = []
+    every = [suite.baseline, *suite.variants]
     for batch_size in batch_sizes:
         images = batch1_images if batch_size == 1 else batch_size
         generator = torch.Generator().manual_seed(batch_size)
         x = torch.randn(images, 3, suite.img_size, suite.img_size, generator=generator).to(device)
-        every = [suite.baseline, *suite.variants]
         with torch.no_grad():
             for v in every:
-                if v.prepare is not None:
-                    v.prepare(x)
+                v.prepare(x)
             macs = {v.name: count_macs(v.forward, x[:1]).total if v.static else
                     count_macs(batched(v.forward, batch_size), x).total / images for v in every}
-            notes = {v.name: v.describe(x) if v.describe else "" for v in every}
-            calls = {v.name: _bind(batched(v.forward, batch_size), x) for v in every}
-            times = time_round_robin(calls, warmup, repeats, device, f"{suite.model} batch {batch_size}")
-        base_s = statistics.median(times[suite.baseline.name])
+            notes = {v.name: v.describe(x) for v in every}
+        calls = {v.name: functools.partial(batched(v.forward, batch_size), x) for v in every}
+        times = time_interleaved(calls, items=images, warmup=warmup, repeats=repeats, threads=threads, device=device,
+                                 desc=f"{suite.model} batch {batch_size}")
+        base, base_macs = times[suite.baseline.name], macs[suite.baseline.name]
         for v in every:
-            median = statistics.median(times[v.name])
-            realised, ideal = base_s / median, macs[suite.baseline.name] / macs[v.name]
-            efficiency = realised / ideal
-            meets = "" if v.target is None or batch_size == 1 else ("yes" if efficiency >= v.target else "no")
-            rows.append({
-                "paper": suite.paper, "model": suite.model, "config": v.name, "kind": "inference",
-                "batch_size": batch_size, "baseline": suite.baseline.name, "macs_per_image": macs[v.name],
-                "baseline_macs_per_image": macs[suite.baseline.name], "median_s": median, "baseline_s": base_s,
-                "images_per_s": images / median, "baseline_images_per_s": images / base_s,
-                "realised_speedup": realised, "ideal_speedup": ideal, "efficiency": efficiency,
-                "target": "" if v.target is None else v.target, "meets_target": meets, "overhead": "",
-                "realised": notes[v.name], "profile": ""})
-        short = [r for r in rows[-len(every):] if r["meets_target"] == "no"]
+            timing, low_high = times[v.name], times[v.name].spread
+            realised, ideal = base.median_s / timing.median_s, base_macs / macs[v.name]
+            meets = "" if v.target is None or batch_size == 1 else "yes" if realised / ideal >= v.target else "no"
+            rows.append(dict(
+                paper=suite.paper, model=suite.model, config=v.name, kind="inference", batch_size=batch_size,
+                device=str(device), threads=threads, repeats=repeats, baseline=suite.baseline.name,
+                macs_per_image=macs[v.name], baseline_macs_per_image=base_macs, median_s=timing.median_s,
+                baseline_s=base.median_s, images_per_s=timing.images_per_s, baseline_images_per_s=base.images_per_s,
+                realised_speedup=realised, ideal_speedup=ideal, efficiency=realised / ideal, target=v.target or "",
+                meets_target=meets, realised=notes[v.name], profile="", images_per_s_low=low_high[0],
+                images_per_s_high=low_high[1]))
+        short = [(row, v) for row, v in zip(rows[-len(every):], every, strict=True) if row["meets_target"] == "no"]
         if short:
-            base_ops = op_times(batched(suite.baseline.forward, batch_size), x, device)
-            by_name = {v.name: v for v in every}
-            for row in short:
-                ops = op_times(batched(by_name[row["config"]].forward, batch_size), x, device)
+            base_ops = op_times(batched(suite.baseline.forward, batch_size), x, device, threads)
+            for row, v in short:
+                ops = op_times(batched(v.forward, batch_size), x, device, threads)
                 row["profile"] = explain_shortfall(base_ops, ops, row["ideal_speedup"])
     return rows
 
 
-def measure_training(suite: Suite, batch_size: int, warmup: int, repeats: int, device: torch.device
-                     ) -> list[dict[str, Any]]:
-    """Rows of the training-overhead table: seconds per step of each method against the plain step."""
-    rows = []
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, 3, suite.img_size, suite.img_size, generator=generator).to(device)
-    y = torch.randint(0, suite.num_classes, (batch_size,), generator=generator).to(device)
-    for step in suite.train_steps:
-        times = time_round_robin({"method": lambda s=step: s.step(x, y), "plain": lambda s=step: s.plain(x, y)},
-                                 warmup, repeats, device, f"{suite.model} training")
-        method, plain = statistics.median(times["method"]), statistics.median(times["plain"])
-        rows.append({"paper": suite.paper, "model": suite.model, "config": step.name, "kind": "train",
-                     "batch_size": batch_size, "baseline": "plain training", "macs_per_image": "",
-                     "baseline_macs_per_image": "", "median_s": method, "baseline_s": plain,
-                     "images_per_s": batch_size / method, "baseline_images_per_s": batch_size / plain,
-                     "realised_speedup": "", "ideal_speedup": "", "efficiency": "", "target": "",
-                     "meets_target": "", "overhead": method / plain, "realised": step.what})
-    return rows
-
-
 # ------------------------------------------------------------------------------------------------------ output
-def _fmt_row(row: dict[str, Any]) -> list[str]:
-    return [row["paper"], row["model"], row["config"], str(row["batch_size"]), f"{row['images_per_s']:.1f}",
-            f"{row['realised_speedup']:.2f}x", f"{row['ideal_speedup']:.2f}x", f"{row['efficiency']:.2f}",
-            str(row["target"] or "-"), row["meets_target"] or "-", row["realised"]]
-
-
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Markdown: inference rows, then the training-overhead rows."""
-    def md(head, body):
-        return "\n".join(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-                         + ["| " + " | ".join(cells) + " |" for cells in body])
-
-    inference = [r for r in rows if r["kind"] == "inference"]
-    train = [r for r in rows if r["kind"] == "train"]
-    parts = []
-    if inference:
-        parts.append(md(["paper", "model", "configuration", "batch", "img/s", "realised", "ideal (MACs)",
-                         "realised / ideal", "target", "meets", "realised behaviour"],
-                        [_fmt_row(r) for r in inference]))
-    if train:
-        parts.append(md(["paper", "backbone", "training step", "batch", "ms / step", "plain ms / step", "overhead",
-                         "what the step runs"],
-                        [[r["paper"], r["model"], r["config"], str(r["batch_size"]), f"{1e3 * r['median_s']:.1f}",
-                          f"{1e3 * r['baseline_s']:.1f}", f"{r['overhead']:.2f}x", r["realised"]] for r in train]))
-    return "\n\n".join(parts)
-
-
-def write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in CSV_FIELDS})
+    """Markdown: img/s with the spread of the rounds, the speed-ups, their ratio and the target."""
+    return markdown_table(
+        ["paper", "model", "configuration", "batch", "img/s (spread)", "realised", "ideal (MACs)", "realised / ideal",
+         "target", "meets", "realised behaviour"],
+        [[r["paper"], r["model"], r["config"], r["batch_size"],
+          f"{r['images_per_s']:.1f} ({r['images_per_s_low']:.1f}-{r['images_per_s_high']:.1f})",
+          f"{r['realised_speedup']:.2f}x", f"{r['ideal_speedup']:.2f}x", f"{r['efficiency']:.2f}", r["target"] or "-",
+          r["meets_target"] or "-", r["realised"]] for r in rows])
 
 
 def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
@@ -610,23 +386,18 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    inference = [r for r in rows if r["kind"] == "inference"]
-    sizes = sorted({r["batch_size"] for r in inference})
+    sizes = sorted({r["batch_size"] for r in rows})
     fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 5), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
-        top = 1.0
-        for model in dict.fromkeys(r["model"] for r in inference):
-            sel = [r for r in inference if r["model"] == model and r["batch_size"] == size]
-            xs, ys = [r["ideal_speedup"] for r in sel], [r["realised_speedup"] for r in sel]
-            top = max(top, *xs, *ys)
-            ax.scatter(xs, ys, label=model, s=18)
-        line = [0, top * 1.05]
+        for model in dict.fromkeys(r["model"] for r in rows):
+            sel = [r for r in rows if r["model"] == model and r["batch_size"] == size]
+            ax.scatter([r["ideal_speedup"] for r in sel], [r["realised_speedup"] for r in sel], label=model, s=18)
+        line = [0, 1.05 * max(1.0, *(max(r["ideal_speedup"], r["realised_speedup"]) for r in rows))]
         ax.plot(line, line, "k-", lw=0.8, label="realised = ideal")
         for factor, style in ((0.9, "--"), (0.8, ":")):
             ax.plot(line, [factor * v for v in line], "k" + style, lw=0.7, label=f"{factor} x ideal")
-        ax.set_xlabel("ideal speed-up (MAC ratio to the static full model)")
-        ax.set_ylabel("realised speed-up (img/s ratio)")
-        ax.set_title(f"batch {size}")
+        ax.set(xlabel="ideal speed-up (MAC ratio to the static full model)", ylabel="realised speed-up (img/s ratio)",
+               title=f"batch {size}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -634,115 +405,87 @@ def plot(rows: Sequence[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def write_markdown(rows: Sequence[dict[str, Any]], path: Path, command: str, header: str, skipped: Sequence[str]
-                   ) -> None:
-    lines = ["# Speed: realised against ideal speed-up", "", f"Command: `{command}`", "", header, ""]
-    lines += [f"- skipped: {note}" for note in skipped] + ([""] if skipped else [])
-    lines += [format_table(rows), "", "![speed](speed.png)", ""]
-    short = [r for r in rows if r.get("profile")]
-    if short:
-        lines += ["## Below target: where the time goes (torch.profiler)", ""]
-        lines += [f"- {r['model']} {r['config']}, batch {r['batch_size']} ({r['efficiency']:.2f} of ideal): "
-                  f"{r['profile']}" for r in short] + [""]
-    path.write_text("\n".join(lines))
-
-
 # ------------------------------------------------------------------------------------------------------ main
 def parse_fractions(text: str) -> tuple[float, ...]:
+    """``--jeidnn-exit-fractions``: comma-separated shares of the exits, >= 0, summing to 1."""
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise SpeedError(f"--jeidnn-exit-fractions {text!r}: expected comma-separated numbers") from None
+        values = tuple(float(Fraction(v)) for v in text.split(","))
+    except (ValueError, ZeroDivisionError):
+        raise UserError(f"--jeidnn-exit-fractions {text!r}: expected comma-separated numbers or fractions (1/7)"
+                         ) from None
     if any(v < 0 for v in values) or abs(sum(values) - 1.0) > 1e-6:
-        raise SpeedError(f"--jeidnn-exit-fractions {text!r}: fractions must be >= 0 and sum to 1")
+        raise UserError(f"--jeidnn-exit-fractions {text!r}: fractions must be >= 0 and sum to 1")
     return values
 
 
 def check_args(args: argparse.Namespace) -> tuple[list[str], torch.device]:
-    names = list(SUITES) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
+    names = list(PAPERS) if args.only is None else [n.strip() for n in args.only.split(",") if n.strip()]
     unknown = [n for n in names if n not in SUITES]
     if unknown or not names:
-        raise SpeedError(f"--only {args.only!r}: unknown model(s) {', '.join(unknown) or '(none)'}; choose from "
-                         f"{', '.join(SUITES)}")
+        raise UserError(f"--only {args.only!r}: unknown model(s) {', '.join(unknown) or '(none)'}; choose from "
+                         f"{', '.join(PAPERS)}")
     if not 0.0 < args.dyt_rate <= 1.0:
-        raise SpeedError(f"--dyt-rate {args.dyt_rate}: the kept fraction must lie in (0, 1]")
-    if (any(b < 1 for b in args.batch_sizes) or args.repeats < 1 or args.warmup < 0
-            or args.batch1_images < 1 or args.train_batch_size < 1):
-        raise SpeedError("--batch-sizes, --repeats, --batch1-images and --train-batch-size must be positive, "
-                         "--warmup >= 0")
+        raise UserError(f"--dyt-rate {args.dyt_rate}: the kept fraction must lie in (0, 1]")
+    args.batch1_images = args.batch1_images or (4 if args.quick or args.tiny else 8)
+    if min(*args.batch_sizes, args.repeats, args.batch1_images) < 1 or min(args.warmup, args.threads) < 0:
+        raise UserError("--batch-sizes, --repeats and --batch1-images must be positive, "
+                         "--warmup and --threads >= 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpeedError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
+        raise UserError(f"--device {args.device}: no CUDA device is available here; use --device cpu")
     try:
-        device = torch.device(args.device)
+        return names, torch.device(args.device)
     except RuntimeError:
-        raise SpeedError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:1)") from None
-    return names, device
+        raise UserError(f"--device {args.device!r}: not a torch device (cpu, cuda, cuda:1)") from None
 
 
-def main(args: argparse.Namespace) -> int:
-    import importlib
-
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = get_args_parser().parse_args(argv)
     names, device = check_args(args)
     threads = args.threads or os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    flush = torch.set_flush_denormal(True)  # untrained nets drift towards denormals: the CPU's slow path
-    settings = Settings(device, args.quick, args.tiny, parse_fractions(args.jeidnn_exit_fractions), args.dyt_rate)
-    warmup, repeats = args.warmup, args.repeats
+    settings = Settings(device, args.quick or args.tiny, args.tiny, args.jeidnn_exit_fractions, args.dyt_rate)
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    command = "python -m benchmarks.speed " + shlex.join(sys.argv[1:])
     rows: list[dict[str, Any]] = []
-    skipped = []
-    try:
-        for name in tqdm(names, desc="speed", unit="paper", dynamic_ncols=True):
-            requires, build = SUITES[name]
-            try:
-                importlib.import_module(requires)
-            except ImportError as err:
-                skipped.append(f"{name}: {requires} does not import yet ({err})")
-                tqdm.write(f"skipping {name}: {skipped[-1]}")
-                continue
-            for suite in build(settings):
-                rows += measure_inference(suite, args.batch_sizes, args.batch1_images, warmup, repeats, device)
-                if args.train and suite.train_steps:
-                    rows += measure_training(suite, args.train_batch_size, min(warmup, 1), max(2, repeats // 2),
-                                             device)
-                tqdm.write(format_table([r for r in rows if r["model"] == suite.model]))
-    finally:
-        torch.set_flush_denormal(False)
-    for row in rows:
-        row.update(device=str(device), threads=threads, repeats=repeats)
-    header = (f"Device {device}, {threads} torch thread(s), denormals flushed: {flush}; median of {repeats} "
-              f"round-robin rounds after {warmup} warm-up round(s); batch 1 = {args.batch1_images} images one at a "
-              "time. Realised = img/s ratio to the static full model in the same process; ideal = MAC ratio "
-              "(common.flops.count_macs on the same images).")
-    if not rows:
-        raise SpeedError("nothing was measured: " + "; ".join(skipped))
-    write_csv(rows, output_dir / "speed.csv")
+    for name in tqdm(names, desc="speed", unit="paper", dynamic_ncols=True):
+        for suite in SUITES[name](settings):
+            rows += measure_inference(suite, args.batch_sizes, args.batch1_images, args.warmup, args.repeats, device,
+                                      threads)
+            tqdm.write(format_table([r for r in rows if r["model"] == suite.model]))
+    header = (f"Machine: {machine_info()}. Device {device}, {threads} torch thread(s); median of {args.repeats} "
+              f"interleaved rounds after {args.warmup} warm-up round(s) (benchmarks/timing.py), spread = slowest-"
+              f"fastest round; batch 1 = {args.batch1_images} images one at a time. Realised = img/s ratio to the "
+              "static full model in the same process; ideal = MAC ratio (common.flops.count_macs, same images).")
+    write_csv(output_dir / "speed.csv", rows, CSV_FIELDS)
     plot(rows, output_dir / "speed.png")
-    write_markdown(rows, output_dir / "speed.md", command, header, skipped)
+    command = f"python -m benchmarks.speed {shlex.join(argv)}".strip()
+    lines = ["# Speed: realised against ideal speed-up", "", f"Command: `{command}`", "", header, "",
+             format_table(rows), "", "![speed](speed.png)", ""]
+    short = [r for r in rows if r["profile"]]
+    if short:
+        lines += ["## Below target: where the time goes (torch.profiler)", "", *(
+            f"- {r['model']} {r['config']}, batch {r['batch_size']} ({r['efficiency']:.2f} of ideal): {r['profile']}"
+            for r in short), ""]
+    (output_dir / "speed.md").write_text("\n".join(lines))
     print(format_table(rows))
-    short = [r for r in rows if r["meets_target"] == "no"]
     print(f"wrote {output_dir / 'speed.md'}; {len(short)} configuration(s) below their target")
     return 0
 
 
 def get_args_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", default=None, metavar="P1,P2", help=f"models to time (default: all of "
-                        f"{', '.join(SUITES)})")
+    parser.add_argument("--only", default=None, metavar="P1,P2",
+                        help=f"papers whose models to time (default: all of {', '.join(PAPERS)})")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="default: %(default)s")
-    parser.add_argument("--batch1-images", type=int, default=8,
-                        help="images timed one at a time for batch 1 (default: %(default)s)")
+    parser.add_argument("--batch1-images", type=int, default=None,
+                        help="images timed one at a time for batch 1 (default: 8, 4 with --quick or --tiny)")
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
-    parser.add_argument("--quick", action="store_true", help="three configurations per model and fewer rounds")
-    parser.add_argument("--tiny", action="store_true", help="the proxies' small models at 32x32 (smoke tests)")
-    parser.add_argument("--train", action=argparse.BooleanOptionalAction, default=True,
-                        help="also time the training-step overhead (default: on)")
-    parser.add_argument("--train-batch-size", type=int, default=8, help="batch of the training steps (default: "
-                        "%(default)s)")
-    parser.add_argument("--jeidnn-exit-fractions", default=",".join(f"{v:.6f}" for v in DEFAULT_EXIT_FRACTIONS),
+    parser.add_argument("--quick", action="store_true",
+                        help="the smaller model of each paper, its first and last configurations (make demo)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the proxies' small models at 32x32 with --quick's configurations (smoke tests)")
+    parser.add_argument("--jeidnn-exit-fractions", type=parse_fractions, default=",".join(["1/7"] * 7),
                         help="JEI-DNN's exit distribution (exits 0..5, final) standing in for a gate trained at the "
                         "default lambda (default: uniform)")
     parser.add_argument("--dyt-rate", type=float, default=0.5,
@@ -754,4 +497,4 @@ def get_args_parser() -> ArgumentParser:
 
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main, get_args_parser().parse_args(), prog="speed"))
+    sys.exit(run_cli(main, prog="speed"))
