@@ -52,9 +52,17 @@ from adn.presets import AUTO_AUGMENT_POLICIES, MixupCutmixCollate, eval_preset, 
 from adn.sampler import RASampler
 from adn.weights import load_weights
 from common.checkpoint import resume, save_checkpoint, training_state
-from common.config import add_config_argument, parse_args_with_config
+from common.config import add_config_argument, non_negative_float, parse_args_with_config, positive_float
 from common.data import build_dataset, build_loader, set_epoch
-from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
+from common.distributed import (
+    DistInfo,
+    add_distributed_args,
+    is_main_process,
+    print_main,
+    run_distributed,
+    seed_everything,
+    wrap_ddp,
+)
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 
@@ -186,7 +194,9 @@ def resolve_skip_cfg(model: nn.Module, args: argparse.Namespace, flag: str = "--
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or, with ``--test-only``, evaluate) as the flags say; returns the last results."""
     check_args(args)
-    return run_distributed(lambda info: _run(args, info), args.device)
+    writes = not args.test_only or args.eval_all_skip_cfgs
+    return run_distributed(lambda info: _run(args, info), args.device, args.dist_timeout,
+                           output_dir=args.output_dir if writes else None)
 
 
 def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
@@ -374,9 +384,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add_config_argument(parser)
     add = parser.add_argument
     # ADN: the self-distillation objective (spec Sec. b)
-    add("--subpath-alpha", default=0.5, type=float,
+    add("--subpath-alpha", default=0.5, type=non_negative_float,
         help="weight alpha of the super-net CE; the base-net's KD gets 1 - alpha (default: %(default)s)")
-    add("--subpath-temp", default=1.0, type=float, help="distillation temperature T (default: %(default)s)")
+    add("--subpath-temp", default=1.0, type=positive_float, help="distillation temperature T (default: %(default)s)")
     add("--subpath-topk", default=DEFAULT_TOPK, type=int,
         help="distil over the super-net's top-K classes, clipped to the class count (default: %(default)s, the "
              "original's hard-coded value; K >= classes is plain KD)")
@@ -413,42 +423,44 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("-j", "--workers", default=16, type=int, metavar="N", help="data loading workers (default: %(default)s)")
     # optimisation
     add("--opt", default="sgd", type=str, help=f"optimizer: {', '.join(OPTIMIZERS)} (default: %(default)s)")
-    add("--lr", default=0.1, type=float, help="initial learning rate (default: %(default)s)")
-    add("--momentum", default=0.9, type=float, metavar="M", help="momentum (default: %(default)s)")
-    add("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay",
+    add("--lr", default=0.1, type=positive_float, help="initial learning rate (default: %(default)s)")
+    add("--momentum", default=0.9, type=non_negative_float, metavar="M", help="momentum (default: %(default)s)")
+    add("--wd", "--weight-decay", default=1e-4, type=non_negative_float, metavar="W", dest="weight_decay",
         help="weight decay (default: %(default)s)")
-    add("--norm-weight-decay", default=None, type=float,
+    add("--norm-weight-decay", default=None, type=non_negative_float,
         help="weight decay of normalization layers (default: None, the same as --wd)")
-    add("--bias-weight-decay", default=None, type=float,
+    add("--bias-weight-decay", default=None, type=non_negative_float,
         help="weight decay of all biases (default: None, the same as --wd)")
-    add("--transformer-embedding-decay", default=None, type=float,
+    add("--transformer-embedding-decay", default=None, type=non_negative_float,
         help="weight decay of class_token, pos_embedding / position_embedding and relative_position_bias_table "
              "(default: None, the same as --wd)")
-    add("--label-smoothing", default=0.0, type=float, dest="label_smoothing",
+    add("--label-smoothing", default=0.0, type=non_negative_float, dest="label_smoothing",
         help="label smoothing of the super-net CE (default: %(default)s)")
-    add("--mixup-alpha", default=0.0, type=float, help="mixup alpha (default: %(default)s)")
-    add("--cutmix-alpha", default=0.0, type=float,
+    add("--mixup-alpha", default=0.0, type=non_negative_float, help="mixup alpha (default: %(default)s)")
+    add("--cutmix-alpha", default=0.0, type=non_negative_float,
         help="cutmix alpha; with both alphas set, one of the two is applied per batch (default: %(default)s)")
     add("--lr-scheduler", default="steplr", type=str,
         help=f"learning-rate schedule, stepped per epoch: {', '.join(LR_SCHEDULERS)} (default: %(default)s)")
     add("--lr-warmup-epochs", default=0, type=int, help="warm-up epochs (default: %(default)s)")
     add("--lr-warmup-method", default="constant", type=str,
         help=f"warm-up: {', '.join(WARMUP_METHODS)} (default: %(default)s)")
-    add("--lr-warmup-decay", default=0.01, type=float,
+    add("--lr-warmup-decay", default=0.01, type=non_negative_float,
         help="learning-rate factor at the start of the warm-up (default: %(default)s)")
     add("--lr-step-size", default=30, type=int, help="steplr: decay every N epochs (default: %(default)s)")
     add("--lr-multi-steps", nargs="+", default=[60, 100, 140], type=int,
         help="multisteplr milestones (default: 60 100 140)")
-    add("--lr-gamma", default=0.1, type=float, help="decay factor of the lr schedule (default: %(default)s)")
-    add("--lr-min", default=0.0, type=float, help="cosineannealinglr: minimum lr (default: %(default)s)")
-    add("--clip-grad-norm", default=None, type=float, help="clip the gradient norm to this value (default: None)")
+    add("--lr-gamma", default=0.1, type=non_negative_float,
+        help="decay factor of the lr schedule (default: %(default)s)")
+    add("--lr-min", default=0.0, type=non_negative_float, help="cosineannealinglr: minimum lr (default: %(default)s)")
+    add("--clip-grad-norm", default=None, type=positive_float,
+        help="clip the gradient norm to this value (default: None)")
     add("--amp", action="store_true", help="mixed precision (torch.autocast + one GradScaler for both passes)")
     # EMA
     add("--model-ema", action="store_true",
         help="keep an exponential moving average of the weights and buffers and evaluate it too; with "
              "--test-only --weights, read the 'model_ema' entry of a training checkpoint")
     add("--model-ema-steps", type=int, default=32, help="update the EMA every N iterations (default: %(default)s)")
-    add("--model-ema-decay", type=float, default=0.99998,
+    add("--model-ema-decay", type=non_negative_float, default=0.99998,
         help="EMA decay before torchvision's batch-size/epochs adjustment (default: %(default)s)")
     # augmentation
     add("--interpolation", default="bilinear", type=str, help="resize interpolation (default: %(default)s)")
@@ -460,7 +472,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help=f"auto-augment policy: {', '.join(AUTO_AUGMENT_POLICIES)} (default: None)")
     add("--ra-magnitude", default=9, type=int, help="RandAugment magnitude (default: %(default)s)")
     add("--augmix-severity", default=3, type=int, help="AugMix severity (default: %(default)s)")
-    add("--random-erase", default=0.0, type=float, help="random erasing probability (default: %(default)s)")
+    add("--random-erase", default=0.0, type=non_negative_float,
+        help="random erasing probability (default: %(default)s)")
     add("--ra-sampler", action="store_true",
         help="repeated-augmentation sampler under torchrun (ignored with one process, as in the original)")
     add("--ra-reps", default=3, type=int, help="repetitions of the RA sampler (default: %(default)s)")
@@ -481,6 +494,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="accepted for compatibility; the number of processes comes from torchrun")
     add("--dist-url", default="env://", type=str,
         help="accepted for compatibility; torchrun's environment sets up the process group")
+    add_distributed_args(parser)
     add_tracking_args(parser, "adn")
     return parser
 

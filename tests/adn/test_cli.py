@@ -14,6 +14,7 @@ import torch
 
 from adn.models import create_model
 from adn.train_adn import cli, main, parse_args
+from common.checkpoint import LOCK_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "adn" / "train_adn.py"
@@ -186,9 +187,32 @@ def _cli_error(argv: list[str], capsys) -> str:
     (["--train-skip-cfg", "maybe"], "--train-skip-cfg: 'maybe' is not a skip flag"),
     (["--train-skip-cfg", "TTTT", "--test-only"], "with --test-only use --skip-cfg"),
     (["--train-skip-cfg", "TTTT", "--fpn"], "cannot go with --train-skip-cfg"),
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["--lr=-0.1"], "argument --lr: '-0.1' must be > 0"),
+    (["--wd=-1"], "argument --wd/--weight-decay: '-1' is negative"),
+    (["--dist-timeout", "inf"], "argument --dist-timeout: 'inf' is not a finite number"),
 ])
 def test_bad_flags(extra, needle, capsys, tmp_path):
     assert needle in _cli_error(TINY + ["--no-mlflow", "--output-dir", str(tmp_path)] + extra, capsys)
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
+    target = tmp_path / "out"
+    target.write_text("mine")
+    line = _cli_error(TINY + ["--no-mlflow", "--output-dir", str(target)], capsys)
+    assert "is an existing file, not a folder" in line and target.read_text() == "mine"
+
+
+def test_a_second_run_into_a_folder_a_live_run_holds_is_refused(capsys, tmp_path):
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / LOCK_NAME).write_text(f"{other.pid}\n")
+        line = _cli_error(TINY + ["--no-mlflow", "--output-dir", str(tmp_path)], capsys)
+    finally:
+        other.kill()
+        other.wait()
+    assert f"is in use by another run (process {other.pid})" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LOCK_NAME]
 
 
 def test_missing_data_path(capsys, tmp_path):

@@ -37,16 +37,22 @@ def _batch(n: int = 8, size: int = 8, seed: int = 1, dtype=torch.float32):
 
 
 # ------------------------------------------------------------------------------- the original's train step
-def test_train_step_matches_the_original_mobilenet_v2_step(shared_dir):
+@pytest.fixture
+def two_threads():
+    """The reference step was computed with 2 intra-op threads; the float32 reduction order depends on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_train_step_matches_the_original_mobilenet_v2_step(shared_dir, two_threads):
     """One step of the original ``train_one_epoch_twobackward`` (release f24b7b5) on MobileNetV2-ADN.
 
-    Losses and every BN running buffer match to 1e-5, and so do the gradients of the classifier and of every
-    skip-aware norm (these receive only the base-net's distillation gradient). The gradients of the deeper
-    shared convolutions and norms agree to a few percent only, and no implementation can do better: in train
-    mode (batch statistics, batch of 2) they are ill-conditioned in float32. Our own float32 and float64
-    gradients differ by 0.4 % (median) on this input, as torchvision's plain MobileNetV2 does (~1 %), and the
-    reference is a float32 computation on another machine. They are checked per tensor in norm (3 %) and
-    overall (1.5 %); a wrong loss term, BN choice or weighting would move them by far more.
+    At the reference's thread count (2) the losses, every BN running buffer and all 226 gradient tensors match to
+    1e-5. At another thread count the deeper gradients move by up to about 1e-2: the float32 summation order
+    changes, ReLU6 derivatives flip at pre-activations near zero, and train-mode BN over 98 values per channel
+    (a batch of 2) amplifies the flips; that is a property of the input, not of the implementation.
     """
     ref = torch.load(shared_dir / "reference/adn/ref_mobilenet_v2_adn.pt", weights_only=True)
     step = torch.load(shared_dir / "reference/adn/ref_mobilenet_v2_adn_trainstep.pt", weights_only=True)
@@ -69,17 +75,10 @@ def test_train_step_matches_the_original_mobilenet_v2_step(shared_dir):
 
     grads = dict(model.named_parameters())
     ref_grads = step["grads_accumulated"]
-    assert set(ref_grads) == set(grads) and not step["params_without_grad"]
-    diff2 = total2 = 0.0
+    assert len(ref_grads) == 226 and set(ref_grads) == set(grads) and not step["params_without_grad"]
     for name, expected in ref_grads.items():
-        got = grads[name].grad
-        assert got is not None, name
-        if "_skip" in name or name.startswith("classifier"):
-            torch.testing.assert_close(got, expected, atol=1e-5, rtol=0, msg=name)
-        err = (got - expected).norm().item()
-        assert err <= 0.03 * expected.norm().item() + 1e-5, (name, err, expected.norm().item())
-        diff2, total2 = diff2 + err**2, total2 + expected.norm().item() ** 2
-    assert (diff2 / total2) ** 0.5 < 0.015
+        assert grads[name].grad is not None, name
+        torch.testing.assert_close(grads[name].grad, expected, atol=1e-5, rtol=0, msg=name)
 
 
 # ----------------------------------------------------------------------------------------- train_step
