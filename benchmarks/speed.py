@@ -439,13 +439,13 @@ def check_args(args: argparse.Namespace) -> tuple[list[str], torch.device]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Time the selected papers' models (module docstring) and write the three files; 0 when done."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     names, device = check_args(args)
     threads = args.threads or os.cpu_count() or 1
     settings = Settings(device, args.quick or args.tiny, args.tiny, args.jeidnn_exit_fractions, args.dyt_rate)
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir := Path(args.output_dir)).mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     for name in tqdm(names, desc="speed", unit="paper", dynamic_ncols=True):
         for suite in SUITES[name](settings):
