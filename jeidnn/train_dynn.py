@@ -28,9 +28,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from common.checkpoint import CheckpointError, resume, save_checkpoint, training_state
-from common.config import parse_args_with_config
+from common.config import non_negative_float, parse_args_with_config, positive_float
 from common.data import build_loader, set_epoch
-from common.distributed import is_main_process, print_main, run_distributed, seed_everything
+from common.distributed import add_distributed_args, is_main_process, print_main, run_distributed, seed_everything
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 from jeidnn import engine
@@ -117,7 +117,8 @@ def _barely(args: argparse.Namespace) -> tuple[int | None, int | None]:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Warm-up then bi-level training, as the flags say; returns the last epoch's results."""
     check_args(args)
-    return run_distributed(lambda info: _run(args, info), args.device)
+    return run_distributed(lambda info: _run(args, info), args.device, args.dist_timeout,
+                           output_dir=args.output_dir)
 
 
 def _run(args: argparse.Namespace, info) -> dict[str, Any]:
@@ -301,14 +302,14 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             description="JEI-DNN: train early-exit classifiers and gates on a frozen, fine-tuned "
                                         "T2T-ViT (warm-up, then bi-level GATE/CLASSIFIER training).")
     add = parser.add_argument
-    add("--lr", default=0.01, type=float, help="learning rate (default: %(default)s)")
+    add("--lr", default=0.01, type=positive_float, help="learning rate (default: %(default)s)")
     add("--arch", default="t2t_vit_7", choices=list(MODELS), help="backbone (default: %(default)s)")
-    add("--wd", default=5e-4, type=float, help="weight decay (default: %(default)s)")
-    add("--min-lr", default=2e-4, type=float, help="eta_min of the cosine schedule (default: %(default)s)")
+    add("--wd", default=5e-4, type=non_negative_float, help="weight decay (default: %(default)s)")
+    add("--min-lr", default=2e-4, type=non_negative_float, help="eta_min of the cosine schedule (default: %(default)s)")
     add("--dataset", default="cifar10", choices=list(DATASETS),
         help="dataset; digits is built in (quick mode, 32 px) (default: %(default)s)")
     add("--batch", "--b", default=64, type=int, help="batch size per process (default: %(default)s)")
-    add("--ce_ic_tradeoff", default=0.7, type=float,
+    add("--ce_ic_tradeoff", default=0.7, type=non_negative_float,
         help="lambda, the accuracy/cost trade-off of the oracle exit (default: %(default)s)")
     add("--num_epoch", default=10, type=int,
         help="epochs in all, warm-up included; bi-level training runs after the warm-up up to this "
@@ -320,10 +321,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--resume", "-r", nargs="?", const="auto", default="",
         help="continue from this run's last checkpoint (alone) or from the given checkpoint.pth")
     add("--gate", default="unc", choices=["unc", "identity"], help="gate type (default: %(default)s)")
-    add("--drop-path", default=0.1, type=float, help="drop-path rate of the backbone (default: %(default)s)")
+    add("--drop-path", default=0.1, type=non_negative_float,
+        help="drop-path rate of the backbone (default: %(default)s)")
     add("--gate_objective", default="ce", choices=list(GATE_OBJECTIVES),
         help="per-exit loss of the oracle exit (default: %(default)s)")
-    add("--transfer-ratio", default=0.01, type=float, help="accepted for compatibility; unused (as originally)")
+    add("--transfer-ratio", default=0.01, type=non_negative_float,
+        help="accepted for compatibility; unused (as originally)")
     add("--proj_dim", default=32, help="accepted for compatibility; unused (as originally)")
     add("--num_proj", default=16, help="accepted for compatibility; unused (as originally)")
     add("--use_mlflow", default=True, type=str_bool, help="log to MLflow: True or False (default: %(default)s)")
@@ -342,6 +345,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
              "with them active")
     add("--seed", default=SEED, type=int, help="random seed (default: %(default)s, the original's)")
     add_shared_flags(add, {})
+    add_distributed_args(parser)
     add_tracking_args(parser, "jeidnn")
     return parser
 

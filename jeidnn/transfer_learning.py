@@ -29,9 +29,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.checkpoint import CheckpointError, resume, save_checkpoint, training_state
-from common.config import parse_args_with_config
+from common.config import non_negative_float, parse_args_with_config, positive_float
 from common.data import build_loader, set_epoch
 from common.distributed import (
+    add_distributed_args,
     is_main_process,
     print_main,
     reduce_weighted_mean,
@@ -126,7 +127,8 @@ def _epoch(model, loader: DataLoader, device, optimizer=None, max_batches: int |
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune as the flags say; returns the best-val result and the checkpoint paths."""
     check_args(args)
-    return run_distributed(lambda info: _run(args, info), args.device)
+    return run_distributed(lambda info: _run(args, info), args.device, args.dist_timeout,
+                           output_dir=args.output_dir)
 
 
 def _run(args: argparse.Namespace, info) -> dict[str, Any]:
@@ -214,9 +216,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = ArgumentParser(prog=PROG, add_help=add_help,
                             description="Fine-tune an ImageNet T2T-ViT on a downstream dataset (JEI-DNN's backbone).")
     add = parser.add_argument
-    add("--lr", default=0.01, type=float, help="learning rate of the head (default: %(default)s)")
-    add("--wd", default=5e-4, type=float, help="weight decay (default: %(default)s)")
-    add("--min-lr", default=2e-4, type=float, help="eta_min of the cosine schedule (default: %(default)s)")
+    add("--lr", default=0.01, type=positive_float, help="learning rate of the head (default: %(default)s)")
+    add("--wd", default=5e-4, type=non_negative_float, help="weight decay (default: %(default)s)")
+    add("--min-lr", default=2e-4, type=non_negative_float, help="eta_min of the cosine schedule (default: %(default)s)")
     add("--dataset", default=None, choices=list(DATASETS),
         help="dataset (default: cifar100LT, the original's; when only --num-classes is given, the dataset with that "
              "many classes at --img-size: cifar10 at 224, svhn at 32)")
@@ -224,8 +226,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--batch", "--b", default=64, type=int, help="batch size per process (default: %(default)s)")
     add("--resume", "-r", nargs="?", const="auto", default="",
         help="continue from <output-dir>/checkpoint/checkpoint_<dataset>_<arch>/last.pth (alone) or the given file")
-    add("--drop-path", default=0.1, type=float, help="drop-path rate (default: %(default)s)")
-    add("--transfer-ratio", default=0.01, type=float,
+    add("--drop-path", default=0.1, type=non_negative_float, help="drop-path rate (default: %(default)s)")
+    add("--transfer-ratio", default=0.01, type=non_negative_float,
         help="learning-rate ratio of the backbone to the head (default: %(default)s)")
     add("--weights-path", default=IMAGENET_WEIGHTS["t2t_vit_7"],
         help="ImageNet T2T-ViT weights to start from (default: %(default)s)")
@@ -238,6 +240,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--epochs", default=60, type=int, help="epochs (default: %(default)s, the original's fixed count)")
     add("--seed", default=0, type=int, help="random seed (default: %(default)s)")
     add_shared_flags(add, {})
+    add_distributed_args(parser)
     add_tracking_args(parser, "jeidnn_transfer")
     return parser
 

@@ -138,9 +138,13 @@ def test_original_flag_spellings_parse():
     (TRANSFER, ["--dataset", "svhn", "--num-classes", "100", "--transfer-learning", "False"],
      "add --dataset cifar100 or --dataset cifar100LT"),
     (TRANSFER, ["--use_mlflow", "maybe"], "expected True or False"),
+    (TRANSFER, ["--dataset", "digits", "--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (DYNN, ["--dataset", "digits", "--ce_ic_tradeoff=-0.5"], "argument --ce_ic_tradeoff: '-0.5' is negative"),
+    (DYNN, ["--dataset", "digits", "--output-dir", "taken"], "--output-dir taken is an existing file, not a folder"),
     (TRANSFER, ["--dataset", "cifar10", "--transfer-learning", "False", "--data-root", "nowhere"], "nowhere"),
 ])
 def test_bad_inputs_give_one_line_and_status_2(tmp_path, script, args, message):
+    (tmp_path / "taken").write_text("a file where an output folder is asked for")
     result = _run(script, args + ["--no-mlflow"], tmp_path)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = result.stderr.strip().splitlines()
