@@ -19,7 +19,7 @@ from torchvision import datasets as tvd
 
 from common.errors import UserError
 
-EMBEDDED_HINT = "or run on the embedded data with --dataset digits (real 8x8 digits) or --dataset synthetic"
+EMBEDDED_HINT = "or run on the embedded data with --dataset digits (real 8x8 handwritten digits, built in)"
 
 # VTAB-1K tasks in the order of the SSF/NOAH release, with their class counts.
 VTAB_TASKS = {
