@@ -180,7 +180,7 @@ def train_epoch_slim(epoch: int, model: nn.Module, loader: Any, optimizer: torch
 
 # ------------------------------------------------------------------------------------------- BN recalibration
 def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.device, max_batches: int = 1001,
-             include_largest: bool = False, dist_bn: str = "reduce") -> None:
+             include_largest: bool = False, dist_bn: str = "reduce", cumulative: bool = False) -> None:
     """Re-estimate every width's BN statistics (spec Sec. 5).
 
     All statistics are reset, then each training batch runs through the ``num_choice`` uniform sub-networks in
@@ -188,13 +188,21 @@ def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.de
     stops after at most one pass over the loader; here the loader is repeated until ``max_batches`` batches ran,
     which is the same on ImageNet (1001 batches are a fraction of an epoch) and keeps a small dataset's estimates
     from staying close to the reset values. With ``include_largest`` the ``largest`` widths are recalibrated too
-    (the original leaves them reset: quirk 11). Under torchrun the statistics are then averaged (``reduce``) or
-    broadcast from rank 0 across processes.
+    (the original leaves them reset: quirk 11). With ``cumulative`` every batch's statistics get the same weight
+    (PyTorch's ``momentum=None``) instead of the moving average, so nothing of the reset values remains: after
+    ``n`` batches the moving average still holds ``0.9 ** n`` of the reset variance 1, which swamps channels whose
+    true variance is smaller (a short run on a small data set has such channels). Under torchrun the statistics
+    are then averaged (``reduce``) or broadcast from rank 0 across processes.
     """
     core = unwrap_model(model)
     for m in core.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
+    norms = [m for m in core.modules() if isinstance(m, DSBatchNorm2d)]
+    momenta = [m.aux_bn[-1].momentum for m in norms]
+    if cumulative:
+        for m in norms:
+            m.aux_bn[-1].momentum = None
     core.train()
     modes = [("uniform", c) for c in range(num_choice)] + ([("largest", None)] if include_largest else [])
     done = 0
@@ -210,6 +218,8 @@ def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.de
                 bar.update()
                 if done >= max_batches:
                     break
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.aux_bn[-1].momentum = momentum
     if get_world_size() > 1 and dist_bn in ("reduce", "broadcast"):
         distribute_bn(core, get_world_size(), dist_bn == "reduce")
 

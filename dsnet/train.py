@@ -604,7 +604,8 @@ class _Run:
         for tag, candidate in self._candidates():
             print_main(f"Recalibrating BatchNorm statistics{tag}...")
             reset_bn(candidate, loader_bn, args.num_choice, device=self.device, max_batches=args.reset_bn_batches,
-                     include_largest=args.reset_bn_largest, dist_bn=args.dist_bn)
+                     include_largest=args.reset_bn_largest, dist_bn=args.dist_bn,
+                     cumulative=args.reset_bn_cumulative)
             if tag:  # the EMA is always in eval mode
                 candidate.eval()
 
@@ -813,10 +814,12 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="Stage II: train the gate (spec Sec. 6); needs --resume with the reset-BN checkpoint")
     add("--start_chn_idx", type=int, default=0,
         help="the gate's routing space is sub-networks start_chn_idx..start_chn_idx+3 (default: %(default)s)")
-    add("--inplace_bootstrap", action="store_true", default=False,
-        help="Stage I: the sub-networks learn from the EMA's largest prediction (in-place bootstrapping)")
-    add("--ensemble_ib", action="store_true", default=False,
-        help="Stage I: the smallest learns from the mean of the EMA's largest and uniform predictions")
+    add("--inplace_bootstrap", action=argparse.BooleanOptionalAction, default=False,
+        help="Stage I: the sub-networks learn from the EMA's largest prediction (in-place bootstrapping); "
+             "--no-inplace_bootstrap (added) turns a config's true off: every sub-network learns from the labels")
+    add("--ensemble_ib", action=argparse.BooleanOptionalAction, default=False,
+        help="Stage I: the smallest learns from the mean of the EMA's largest and uniform predictions; "
+             "--no-ensemble_ib (added) turns a config's true off")
     add("--test_mode", action="store_true", default=False,
         help="no training: recalibrate BN (reset_bn) and/or evaluate the --resume checkpoint")
     # additions
@@ -841,6 +844,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             "(quirk 11)")
     added.add_argument("--reset_bn_batches", type=int, default=1001, metavar="N",
                        help="training batches of the BN recalibration (default: %(default)s, as the original)")
+    added.add_argument("--reset_bn_cumulative", action="store_true",
+                       help="the BN recalibration weights every batch equally (PyTorch's momentum=None) instead of "
+                            "the original's momentum-0.1 moving average from the reset values; for short "
+                            "recalibrations (a few batches of a small data set)")
     add_tracking_args(parser, "dsnet")
     parser.set_defaults(**CONFIG_ONLY_DEFAULTS)
     return parser

@@ -109,7 +109,9 @@ class DSBatchNorm2d(nn.Module):
 
     ``aux_bn[i]`` holds the statistics of width ``num_features_list[i]``; only the widest one is affine, and a
     narrower width uses the first channels of its weight and bias. The statistics are looked up by the number
-    of channels of the input, so they follow whatever width ran before.
+    of channels of the input, so they follow whatever width ran before. The shared ``momentum`` (0.1) applies to
+    every width; ``None`` averages all batches with equal weight (counted per width in ``num_batches_tracked``,
+    which the momentum path never increments, as the original), which the BN recalibration may use.
     """
 
     def __init__(self, num_features_list: Sequence[int], eps: float = 1e-5, momentum: float = 0.1):
@@ -129,8 +131,13 @@ class DSBatchNorm2d(nn.Module):
         except ValueError:
             raise ValueError(f"DSBatchNorm2d has statistics for widths {self.out_channels_list}, "
                              f"not for {channels} channels") from None
-        return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, self.training, shared.momentum,
-                            shared.eps)
+        momentum = shared.momentum
+        if momentum is None:  # equal-weight (cumulative) average of the batches seen, as PyTorch's momentum=None
+            momentum = 0.0
+            if self.training:
+                bn.num_batches_tracked.add_(1)
+                momentum = 1.0 / float(bn.num_batches_tracked)
+        return F.batch_norm(x, bn.running_mean, bn.running_var, weight, bias, self.training, momentum, shared.eps)
 
     def _forward_route(self, x: torch.Tensor, route: Route, weight: torch.Tensor,
                        bias: torch.Tensor) -> torch.Tensor:

@@ -232,8 +232,38 @@ def test_help_documents_the_additions(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--dataset", "--routing_space", "--original_dynamic_madds", "--no-gate_eval_noise",
-                 "--sgs_on_logits", "--reset_bn_largest", "--reset_bn_batches", "--mlflow-uri", "num_choice", "-c"):
+                 "--sgs_on_logits", "--reset_bn_largest", "--reset_bn_batches", "--reset_bn_cumulative",
+                 "--no-inplace_bootstrap", "--no-ensemble_ib", "--mlflow-uri", "num_choice", "-c"):
         assert flag in out, flag
+
+
+def test_added_flags_switch_bootstrapping_off_and_recalibrate_cumulatively(monkeypatch, tmp_path):
+    """``--no-inplace_bootstrap`` overrides supernet.yml's ``inplace_bootstrap: true`` (every sub-network learns
+    from the labels; the engine gets the flag) and ``--reset_bn_cumulative`` reaches the BN recalibration;
+    without them the config's values hold."""
+    import dsnet.train as train_module
+
+    config = ["-c", str(CONFIGS / "supernet.yml")]
+    defaults = parse_args(config)
+    assert defaults.inplace_bootstrap and not defaults.ensemble_ib and not defaults.reset_bn_cumulative
+    seen: dict[str, list] = {"inplace_bootstrap": [], "cumulative": []}
+    real_epoch, real_reset = train_module.train_epoch_slim, train_module.reset_bn
+
+    def epoch(*args, **kwargs):
+        seen["inplace_bootstrap"].append(args[6].inplace_bootstrap)
+        return real_epoch(*args, **kwargs)
+
+    def reset(*args, **kwargs):
+        seen["cumulative"].append(kwargs["cumulative"])
+        return real_reset(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train_epoch_slim", epoch)
+    monkeypatch.setattr(train_module, "reset_bn", reset)
+    result = main(parse_args(config + TINY + ["--no-inplace_bootstrap", "--reset_bn_cumulative", "--no-mlflow",
+                                              "--output", str(tmp_path / "out")]))
+    assert seen == {"inplace_bootstrap": [False], "cumulative": [True, True]}  # the model and its EMA
+    assert len(result["final"]["model"]) == 14
+    assert parse_args(config + ["--ensemble_ib", "--no-ensemble_ib"]).ensemble_ib is False
 
 
 # ------------------------------------------------------------------------------------------- bad inputs

@@ -23,7 +23,7 @@ from dsnet.engine import (
     validate_slim,
 )
 from dsnet.madds import madds, mode_widths
-from dsnet.models import create_model
+from dsnet.models import DSBatchNorm2d, create_model
 
 TINY = "slimmable_mbnet_v1_bn_uniform_tiny"
 CPU = torch.device("cpu")
@@ -104,6 +104,25 @@ def test_reset_bn_recalibrates_the_uniform_widths(model, loader):
     assert torch.all(stem_largest.running_mean == 0) and torch.all(stem_largest.running_var == 1)
     reset_bn(model, loader, num_choice=14, device=CPU, max_batches=2, include_largest=True)
     assert stem_largest.running_mean.abs().sum() > 0
+
+
+def test_reset_bn_cumulative_weights_every_batch_equally(model, loader):
+    """``cumulative`` (``--reset_bn_cumulative``): the stem's statistics at width 8 become the plain mean of the
+    three batches' statistics (each batch runs through all 14 sub-networks, so it counts 14 times); the moving
+    average instead keeps 0.9 ** n of the reset values. The momentum is 0.1 again afterwards."""
+    with torch.no_grad():
+        pre = [model.conv_stem(x, 8) for x, _ in loader]
+    mean = torch.stack([p.mean(dim=(0, 2, 3)) for p in pre]).mean(0)
+    var = torch.stack([p.var(dim=(0, 2, 3), unbiased=True) for p in pre]).mean(0)
+    stem = model.bn1.aux_bn[0]
+    reset_bn(model, loader, num_choice=14, device=CPU, max_batches=3, cumulative=True)
+    torch.testing.assert_close(stem.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(stem.running_var, var, rtol=1e-4, atol=1e-5)
+    assert int(stem.num_batches_tracked) == 3 * 14
+    assert all(m.aux_bn[-1].momentum == 0.1 for m in model.modules() if isinstance(m, DSBatchNorm2d))
+    reset_bn(model, loader, num_choice=14, device=CPU, max_batches=3)
+    assert not torch.allclose(stem.running_var, var, rtol=1e-2)
+    assert int(stem.num_batches_tracked) == 0  # the original's path never counts
 
 
 @pytest.mark.parametrize("max_batches", [2, 7])
