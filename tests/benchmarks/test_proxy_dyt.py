@@ -36,6 +36,7 @@ def test_tiny_proxy_learns_and_writes_the_tables(tiny):
     assert "ratio" in claims["evidence"][0] and "margin 1" in claims["ci95"][0]
     report = (tiny / "dyt_proxy.md").read_text()
     assert "Verdict rule" in report and "python -m benchmarks.proxies.dyt --tiny" in report
+    assert "kept tokens on the digit" in report  # where the masks fall, for the diagnostics
     assert (tiny / "dyt_proxy.png").stat().st_size > 0
 
 
