@@ -36,7 +36,7 @@ dispatch) and the verdict rule, fixed before any number was seen. Each claim is 
 3. "DyT's learned dispatch beats a fixed (centre) token mask at the same rate": ``d_s`` = top-1(DyT) -
    top-1(centre), margin 0.
 
-    python -m benchmarks.proxies.dyt              # demo: 3 seeds (about 110 s alone on 2 CPU threads)
+    python -m benchmarks.proxies.dyt              # demo: 3 seeds (141 s CPU at one thread; ~95 s alone on 2)
     python -m benchmarks.proxies.dyt --full       # 5 seeds, longer schedules
     python -m benchmarks.proxies.dyt --tiny       # test size: 1 seed, 1-2 epochs (seconds)
 
