@@ -126,7 +126,7 @@ def _pid_alive(pid: int) -> bool:
 
 def check_output_dir(path: str | Path, flag: str = "--output-dir", min_free_bytes: int = 16 << 20) -> Path:
     """Fail before any work when ``path`` cannot hold a run's outputs: it is a file, a parent is a file or not
-    writable, or its file system has less than ``min_free_bytes`` free. Creates the folder; returns it."""
+    writable, or its file system has less than ``min_free_bytes`` free. Creates nothing; returns ``path``."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputDirError(f"{flag} {path} is an existing file, not a folder; choose a folder")
@@ -139,10 +139,6 @@ def check_output_dir(path: str | Path, flag: str = "--output-dir", min_free_byte
     if free < min_free_bytes:
         raise OutputDirError(f"{flag} {path}: no space left on {existing} ({free >> 20} MiB free); free space or "
                              "choose another folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputDirError(f"{flag} {path}: cannot create it ({err.strerror})") from None
     return path
 
 
@@ -150,16 +146,24 @@ class OutputLock:
     """One run per output folder: a lock file holding the owner's PID, taken with ``O_EXCL``.
 
     A second run into a folder that a live process holds is refused, naming that process; the lock of a dead
-    process (a killed run) is taken over, and that run's stale temporary files are removed. Released on
-    :meth:`release` (or leaving the ``with`` block).
+    process (a killed run) is taken over, and that run's stale temporary files are removed. The folder is created
+    if needed and, when the run wrote nothing into it, removed again on :meth:`release` (or leaving the ``with``
+    block), so a run that fails early leaves nothing behind.
     """
 
     def __init__(self, folder: str | Path, flag: str = "--output-dir"):
         self.path = Path(folder) / LOCK_NAME
         self.flag = flag
         self.held = False
+        self.created = False
 
     def acquire(self) -> OutputLock:
+        folder = self.path.parent
+        self.created = not folder.exists()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OutputDirError(f"{self.flag} {folder}: cannot create it ({err.strerror})") from None
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -188,6 +192,8 @@ class OutputLock:
     def release(self) -> None:
         if self.held and self._owner() == os.getpid():
             self.path.unlink(missing_ok=True)
+            if self.created and not any(self.path.parent.iterdir()):
+                self.path.parent.rmdir()
         self.held = False
 
     def __enter__(self) -> OutputLock:

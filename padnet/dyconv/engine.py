@@ -1,8 +1,9 @@
 """PAD-Net DY-Conv training and evaluation loops (spec Sec. b.1, b.5): the original ``main.py``'s ``train`` and
 ``validate``, with its temperature annealing, per-iteration learning rate, label smoothing and mixup.
 
-* :func:`get_temperature`: the attention temperature, annealed linearly from ``--temp_init`` to 1 over the first
-  ``--temp_epoch`` epochs, set every iteration (spec Sec. b.1).
+* :func:`get_temperature`: the attention temperature, annealed linearly from ``--temp_init`` towards 1 over the
+  first ``--temp_epoch`` epochs, set every iteration of those epochs only; it then stays at its last value,
+  ``1 + (temp_init - 1) / (temp_epoch * iterations per epoch)``, just above 1 (as in the original).
 * :func:`learning_rate`: ``--lr-decay`` step / cos / linear / schedule per iteration, with ``--warmup``
   (spec Sec. b.5). The original's ``step`` mode never decays (see :func:`learning_rate`).
 * :func:`label_smoothing_loss`: the original ``LabelSmoothingLoss`` (target 1 - s, every other class s / (C - 1)).
@@ -39,7 +40,9 @@ def get_temperature(iteration: int, epoch: int, iters_per_epoch: int, temp_epoch
                     temp_init: float = 30.0) -> float:
     """The softmax temperature of the DY-Conv attention at ``iteration`` of ``epoch`` (spec Sec. b.1):
     ``T = 1 + max(0, (T0 - 1) * (1 - it / (temp_epoch * iters_per_epoch)))`` with ``it`` counted from the start
-    of training, so T falls linearly from ``temp_init`` to 1 and then stays at 1."""
+    of training. :func:`train_one_epoch` sets it during the first ``temp_epoch`` epochs only, so the last value set
+    is that of the final iteration, ``1 + (T0 - 1) / (temp_epoch * iters_per_epoch)``, and it stays there: T never
+    reaches exactly 1 (the original's behaviour, kept)."""
     total = temp_epoch * iters_per_epoch
     if total <= 0:
         return 1.0

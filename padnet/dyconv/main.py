@@ -39,9 +39,17 @@ from common.checkpoint import (
     select_state_dict,
     unwrap_model,
 )
-from common.config import ConfigError, load_yaml
+from common.config import ConfigError, load_yaml, non_negative_float, positive_float
 from common.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset, build_loader, set_epoch
-from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
+from common.distributed import (
+    DistInfo,
+    add_distributed_args,
+    is_main_process,
+    print_main,
+    run_distributed,
+    seed_everything,
+    wrap_ddp,
+)
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 from padnet.dyconv.engine import LR_DECAYS, label_smoothing_loss, train_one_epoch, validate
@@ -279,7 +287,8 @@ class Logger:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Train (or, with ``--evaluate``, validate) as the flags say; returns the results."""
     check_args(args)
-    return run_distributed(lambda info: _run(args, info), args.device)
+    return run_distributed(lambda info: _run(args, info), args.device, args.dist_timeout,
+                           output_dir=None if args.evaluate else args.checkpoint, output_flag="-c/--checkpoint")
 
 
 def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
@@ -378,11 +387,13 @@ def _train(model, config, criterion, train_set, train_loader, val_loader, info, 
         val = validate(net, criterion, val_loader, device)
         is_best = val["acc1"] > best_prec1
         best_prec1 = max(val["acc1"], best_prec1)
-        logger.append([epoch + 1, train["lr"], train["loss"], val["loss"], train["acc1"], val["acc1"], val["acc5"]])
         state = checkpoint_state(model, optimizer, epoch + 1, best_prec1, config, args)
-        save_checkpoint(state, ckpt_dir / CHECKPOINT)
+        # model_best first: if it cannot be written, checkpoint.pth still names the previous best; the log row comes
+        # last, so a crash before it never leaves a row that a resumed run writes again
         if is_best:
             save_checkpoint(state, ckpt_dir / BEST)
+        save_checkpoint(state, ckpt_dir / CHECKPOINT)
+        logger.append([epoch + 1, train["lr"], train["loss"], val["loss"], train["acc1"], val["acc1"], val["acc5"]])
         print_main(f"Epoch {epoch + 1}/{args.epochs} | lr {train['lr']:.4g} | T {train['temperature']:.3f} | train "
                    f"loss {train['loss']:.4f} acc1 {train['acc1']:.2f} | val loss {val['loss']:.4f} acc1 "
                    f"{val['acc1']:.2f} acc5 {val['acc5']:.2f} | best {best_prec1:.2f} | {time.time() - start:.1f} s")
@@ -420,10 +431,10 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--start-epoch", default=0, type=int, metavar="N", help="first epoch; a resumed run sets it (default: 0)")
     add("-b", "--batch-size", default=256, type=int, metavar="N",
         help="total batch size over all processes (default: %(default)s)")
-    add("--lr", "--learning-rate", default=0.1, type=float, metavar="LR", dest="lr",
+    add("--lr", "--learning-rate", default=0.1, type=positive_float, metavar="LR", dest="lr",
         help="initial learning rate (default: %(default)s)")
-    add("--momentum", default=0.9, type=float, metavar="M", help="SGD momentum (default: %(default)s)")
-    add("--wd", "--weight-decay", default=1e-4, type=float, metavar="W", dest="weight_decay",
+    add("--momentum", default=0.9, type=non_negative_float, metavar="M", help="SGD momentum (default: %(default)s)")
+    add("--wd", "--weight-decay", default=1e-4, type=non_negative_float, metavar="W", dest="weight_decay",
         help="weight decay on every parameter (default: %(default)s)")
     add("-p", "--print-freq", default=10, type=int, metavar="N", help="accepted; progress bars show every batch")
     add("--resume", default="", type=str, metavar="PATH",
@@ -441,24 +452,27 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--step", type=int, default=30, help="decay interval in epochs of --lr-decay step (default: %(default)s)")
     add("--schedule", type=int, nargs="+", default=[30, 60, 90], help="epochs of --lr-decay schedule (default: "
                                                                        "30 60 90)")
-    add("--gamma", type=float, default=0.1, help="decay factor of step / schedule (default: %(default)s)")
+    add("--gamma", type=non_negative_float, default=0.1, help="decay factor of step / schedule (default: %(default)s)")
     add("--warmup", action="store_true", help="linear learning-rate warm-up over the first 5 epochs")
     add("-c", "--checkpoint", default="checkpoints", type=str, metavar="PATH",
         help="folder of checkpoint.pth.tar, model_best.pth.tar, log.txt (default: %(default)s)")
-    add("--width-mult", type=float, default=1.0, help="accepted, unused: the width comes from the config kwargs")
+    add("--width-mult", type=non_negative_float, default=1.0,
+        help="accepted, unused: the width comes from the config kwargs")
     add("--fc-squeeze", type=int, default=8, help="accepted, unused (as in the original)")
     add("--input-size", type=int, default=224,
         help="crop size; the image size of digits / synthetic (default: %(default)s)")
     add("--weight", default="", type=str, metavar="WEIGHT",
         help="checkpoint to evaluate with -e (this script's or the original's, module. prefix or not)")
-    add("--label-smoothing", type=float, default=0.1, help="label smoothing of the loss (default: %(default)s)")
-    add("--mixup", type=float, default=0.0, help="mixup alpha, ramped as mixup*epoch/100 (default: %(default)s)")
+    add("--label-smoothing", type=non_negative_float, default=0.1,
+        help="label smoothing of the loss (default: %(default)s)")
+    add("--mixup", type=non_negative_float, default=0.0,
+        help="mixup alpha, ramped as mixup*epoch/100 (default: %(default)s)")
     add("--mode", type=str, default="large", help="accepted, unused (MobileNetV3 size of the original)")
-    add("--dropout", type=float, default=None, help="accepted, unused (the models do not apply dropout)")
+    add("--dropout", type=non_negative_float, default=None, help="accepted, unused (the models do not apply dropout)")
     add("--device_ids", type=str, default="0", help="accepted; use torchrun --nproc_per_node for several GPUs")
     add("--device", default=None, type=str, help="cuda or cpu (default: cuda when available)")
     pad = parser.add_argument_group("PAD / Iterative Mode Partition")
-    pad.add_argument("--sparsity", type=float, default=0.5,
+    pad.add_argument("--sparsity", type=non_negative_float, default=0.5,
                      help="dynamic ratio kappa: the fraction of kernel positions kept dynamic (default: %(default)s)")
     pad.add_argument("--r", action="store_true", help="accepted; a run resumes whenever a checkpoint exists")
     pad.add_argument("--prune_dataset_ratio", type=int, default=10,
@@ -474,7 +488,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         pad.add_argument(f"--{flag}", type=_strict_bool, default=False, help="not supported; must stay False")
     pad.add_argument("--pruner-list", type=str, nargs="*", default=[], help="accepted, unused")
     pad.add_argument("--prune-epoch-list", type=int, nargs="*", default=[], help="accepted, unused")
-    pad.add_argument("--compression-list", type=float, nargs="*", default=[], help="accepted, unused")
+    pad.add_argument("--compression-list", type=non_negative_float, nargs="*", default=[], help="accepted, unused")
     pad.add_argument("--level-list", type=int, nargs="*", default=[], help="accepted, unused")
     pad.add_argument("--compression-schedule", type=str, default="exponential", choices=["linear", "exponential"],
                      help="kappa per IMP round: kappa**(e/E) or 1-(1-kappa)e/E (default: %(default)s)")
@@ -482,8 +496,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                      help="one threshold over all layers, or one per layer (default: %(default)s)")
     pad.add_argument("--prune-epochs", type=int, default=1, help="IMP rounds E (default: %(default)s)")
     pad.add_argument("--temp_epoch", type=int, default=15,
-                     help="epochs over which the temperature falls to 1 (default: %(default)s)")
-    pad.add_argument("--temp_init", type=float, default=30.0, help="initial temperature (default: %(default)s)")
+                     help="epochs over which the temperature falls from --temp_init to just above 1, where it "
+                          "then stays (default: %(default)s)")
+    pad.add_argument("--temp_init", type=positive_float, default=30.0,
+                     help="initial temperature (default: %(default)s)")
+    add_distributed_args(parser)
     add_tracking_args(parser, "padnet")
     return parser
 

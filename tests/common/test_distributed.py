@@ -125,7 +125,7 @@ def test_run_distributed_checks_and_locks_the_output_dir_before_the_run(tmp_path
         return "done"
 
     assert run_distributed(run, "cpu", output_dir=tmp_path / "out") == "done"
-    assert seen == [[LOCK_NAME]] and not (tmp_path / "out" / LOCK_NAME).exists()
+    assert seen == [[LOCK_NAME]] and not (tmp_path / "out").exists()  # the run wrote nothing: no folder is left
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="--output_dir .* is an existing file"):
         run_distributed(lambda info: seen.append("ran"), "cpu", output_dir=tmp_path / "file",

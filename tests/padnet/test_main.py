@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from common.checkpoint import CheckpointError
+from padnet.dyconv import main as dyconv_main
 from padnet.dyconv.main import (
     BEST,
     CHECKPOINT,
@@ -132,6 +134,47 @@ def test_auto_resume_continues_without_a_new_partition(run, cfg, tmp_path, capsy
     assert after["epoch"] == 2 and after["temperature"] == pytest.approx(before["temperature"])  # past temp_epoch
     assert all(torch.equal(v, after["state_dict"][k]) for k, v in _masks(before["state_dict"]).items())
     assert len((resumed / "log.txt").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize("failing", [BEST, CHECKPOINT])
+def test_a_failed_save_writes_no_log_row_and_keeps_the_best_consistent(run, cfg, tmp_path, capsys, monkeypatch,
+                                                                       failing):
+    """Disk full in epoch 2: whichever file fails, log.txt keeps one row, checkpoint.pth stays at epoch 1 with the
+    best_prec1 of the model_best beside it, and the resumed run writes each epoch's row once."""
+    folder, _, _ = run
+    resumed = tmp_path / "ckpt"
+    shutil.copytree(folder, resumed)
+    real_save = dyconv_main.save_checkpoint
+
+    def save(state, path):
+        if Path(path).name == failing and state["epoch"] == 2:
+            raise CheckpointError(f"no space left on device while writing {path}")
+        return real_save(state, path)
+
+    monkeypatch.setattr(dyconv_main, "save_checkpoint", save)
+    monkeypatch.setattr(dyconv_main, "validate", lambda *args: {"acc1": 101.0, "acc5": 100.0, "loss": 0.0})
+    argv = ["--config_file", cfg["pad"], "-c", str(resumed), "--no-mlflow"] + TINY + ["--epochs", "2"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv)
+    err = capsys.readouterr().err  # the progress bars of epoch 2, then the one-line error
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("main.py: error: no space left on device"), err[-500:]
+    assert len((resumed / "log.txt").read_text().splitlines()) == 2
+    last = torch.load(resumed / CHECKPOINT, weights_only=True)
+    best = torch.load(resumed / BEST, weights_only=True)
+    assert last["epoch"] == 1 and last["best_prec1"] <= best["best_prec1"]
+    monkeypatch.setattr(dyconv_main, "save_checkpoint", real_save)
+    main(parse_args(argv))
+    rows = (resumed / "log.txt").read_text().splitlines()
+    assert [float(r.split("\t")[0]) for r in rows[1:]] == [1.0, 2.0]
+
+
+def test_nan_and_negative_float_flags_are_refused(cfg, tmp_path, capsys):
+    base = ["--config_file", cfg["pad"], "-c", str(tmp_path / "out"), "--no-mlflow"] + TINY
+    _fails(base + ["--lr", "nan"], capsys, "argument --lr/--learning-rate: 'nan' is not a finite number")
+    _fails(base + ["--wd=-1e-4"], capsys, "'-1e-4' is negative")
+    _fails(base + ["--temp_init", "0"], capsys, "argument --temp_init: '0' must be > 0")
+    assert not (tmp_path / "out").exists()
 
 
 def test_evaluate_restores_the_temperature(run, cfg, capsys):
