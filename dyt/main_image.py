@@ -36,10 +36,11 @@ from common.checkpoint import (
     select_state_dict,
     training_state,
 )
-from common.config import add_config_argument, parse_args_with_config
+from common.config import add_config_argument, finite_float, non_negative_float, parse_args_with_config, positive_float
 from common.data import build_loader, set_epoch
 from common.distributed import (
     DistInfo,
+    add_distributed_args,
     get_rank,
     get_world_size,
     is_main_process,
@@ -205,7 +206,14 @@ def check_args(args: argparse.Namespace, choices: tuple[str, ...]) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune (or, with ``--eval``, evaluate) as the flags say; returns the last results."""
     check_args(args, IMAGE_CHOICES)
-    return run_distributed(lambda info: run(args, info, load_data), args.device)
+    return run_distributed(lambda info: run(args, info, load_data), args.device, args.dist_timeout,
+                           output_dir=output_folder(args), output_flag="--output_dir")
+
+
+def output_folder(args: argparse.Namespace) -> str | None:
+    """The folder a run writes into (checked and locked before it starts), or None: ``--eval`` or an empty
+    ``--output_dir`` writes nothing."""
+    return None if args.eval or not args.output_dir else args.output_dir
 
 
 def run(args: argparse.Namespace, info: DistInfo, data_fn, vtab: bool = False) -> dict[str, Any]:
@@ -369,13 +377,15 @@ def add_dyt_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
     add("--model", default="vit_base_patch16", type=str, metavar="MODEL",
         help=f"vit_base_patch16 (= vit_base_patch16_224_in21k, the paper's ViT-B/16) or one of: {', '.join(MODELS)}"
              " (vit_digits: a small ViT for the embedded 32x32 data) (default: %(default)s)")
-    add("--weight_decay", type=float, default=defaults["weight_decay"],
+    add("--weight_decay", type=non_negative_float, default=defaults["weight_decay"],
         help="AdamW weight decay (default: %(default)s)")
-    add("--lr", type=float, default=defaults["lr"], metavar="LR", help="absolute learning rate (default: %(default)s)")
-    add("--blr", type=float, default=0.1, metavar="LR",
+    add("--lr", type=positive_float, default=defaults["lr"], metavar="LR",
+        help="absolute learning rate (default: %(default)s)")
+    add("--blr", type=positive_float, default=0.1, metavar="LR",
         help="base learning rate, used when --lr is not given: lr = blr * total batch size / 256 (default: "
              "%(default)s)")
-    add("--min_lr", type=float, default=defaults["min_lr"], help="end of the cosine schedule (default: %(default)s)")
+    add("--min_lr", type=non_negative_float, default=defaults["min_lr"],
+        help="end of the cosine schedule (default: %(default)s)")
     add("--warmup_epochs", type=int, default=defaults["warmup_epochs"], help="linear warm-up epochs "
         "(default: %(default)s)")
     add("--finetune", default="",
@@ -406,18 +416,21 @@ def add_dyt_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
     add("--dist_on_itp", action="store_true", help="accepted for compatibility; not used")
     add("--dist_url", default="env://", help="accepted for compatibility; torchrun's environment is used")
     add("--dataset", default=defaults["dataset"], help=defaults["dataset_help"])
-    add("--drop_path", type=float, default=0.0, metavar="PCT", help="drop path rate (default: %(default)s)")
+    add("--drop_path", type=non_negative_float, default=0.0, metavar="PCT",
+        help="drop path rate (default: %(default)s)")
     add("--inception", action="store_true", help="accepted for compatibility; mean = std = 0.5 is always used")
     add("--ffn_adapt", action="store_true", help="accepted for compatibility; the adapter is always built")
     add("--ffn_num", default=defaults["ffn_num"], type=int, help="adapter bottleneck (default: %(default)s)")
     add("--vpt", action="store_true", help="accepted for compatibility; not used")
     add("--vpt_num", default=1, type=int, help="accepted for compatibility; not used")
     add("--fulltune", action="store_true", help="train every parameter, not only adapters, dispatchers and head")
-    add("--token_target_ratio", type=float, default=0.5, help="target activation rate r (default: %(default)s)")
+    add("--token_target_ratio", type=non_negative_float, default=0.5,
+        help="target activation rate r (default: %(default)s)")
     # additions (dyt/README.md, "Differences from the original")
-    add("--scale", type=float, default=defaults["scale"],
+    add("--scale", type=finite_float, default=defaults["scale"],
         help="adapter scale s (the original hard-coded %(default)s in this script)")
-    add("--token_ratio", type=float, default=2.0, help="weight lambda of the rate loss (default: %(default)s)")
+    add("--token_ratio", type=non_negative_float, default=2.0,
+        help="weight lambda of the rate loss (default: %(default)s)")
     add("--no_distill", action="store_false", dest="distill",
         help="drop the complete-model pass, its CE and the KL term (the v1 loss: CE + rate only)")
     add("--dispatch", default="mlp", choices=DISPATCH,
@@ -435,6 +448,7 @@ def add_dyt_args(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> N
     add("--digits_shift", default="none", choices=DIGITS_SHIFTS,
         help="--dataset digits only: none (default); canvas: the digit at half size in a random quadrant of a noisy "
              "canvas; canvas_inverted: the same with dark strokes on a light canvas")
+    add_distributed_args(parser)
     add_tracking_args(parser, "dyt")
 
 

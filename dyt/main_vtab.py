@@ -24,7 +24,7 @@ from common.config import add_config_argument, parse_args_with_config
 from common.distributed import run_distributed
 from common.errors import ArgumentParser, run_cli
 from dyt.data import PROTOCOLS, VTAB_CHOICES, build_vtab_dataset
-from dyt.main_image import Splits, add_dyt_args, check_args, digits_variant, run
+from dyt.main_image import Splits, add_dyt_args, check_args, digits_variant, output_folder, run
 
 PROG = "main_vtab.py"
 
@@ -44,7 +44,8 @@ def load_data(args: argparse.Namespace, img_size: int) -> Splits:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Fine-tune (or, with ``--eval``, evaluate the checkpoint of ``--eval_ckpt`` / ``--resume``) on one task."""
     check_args(args, VTAB_CHOICES)
-    return run_distributed(lambda info: run(args, info, load_data, vtab=True), args.device)
+    return run_distributed(lambda info: run(args, info, load_data, vtab=True), args.device, args.dist_timeout,
+                           output_dir=output_folder(args), output_flag="--output_dir")
 
 
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:

@@ -244,11 +244,21 @@ def _cli_error(cli, argv: list[str], capsys, prog: str) -> str:
     (["--digits_classes", "5"], "must name at least two distinct digits"),
     (["--digits_classes", "a-b"], "is not a list of digits"),
     (["--digits_shift", "canvas"], "apply to --dataset digits only"),
+    (["--lr", "nan"], "argument --lr: 'nan' is not a finite number"),
+    (["--lr=-1e-3"], "argument --lr: '-1e-3' must be > 0"),
+    (["--weight_decay", "inf"], "argument --weight_decay: 'inf' is not a finite number"),
 ])
 def test_bad_inputs(extra, needle, capsys, tmp_path):
     line = _cli_error(image_cli, TINY + ["--no-mlflow", "--output_dir", str(tmp_path)] + extra, capsys,
                       "main_image.py")
     assert needle in line
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
+    target = tmp_path / "out"
+    target.write_text("mine")
+    line = _cli_error(image_cli, TINY + ["--no-mlflow", "--output_dir", str(target)], capsys, "main_image.py")
+    assert "--output_dir" in line and "is an existing file, not a folder" in line and target.read_text() == "mine"
 
 
 def test_real_data_without_finetune_says_what_to_pass(capsys, tmp_path):
