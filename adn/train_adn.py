@@ -87,12 +87,13 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset | None, Dataset]:
     if args.dataset == "imagefolder":
         interpolation = interpolation_mode(args.interpolation)
         val_tf = eval_preset(args.val_crop_size, args.val_resize_size, interpolation)
-        val_set = build_dataset("imagenet", args.data_path, "val", transform=val_tf)
+        skip = {"skip_corrupt": args.skip_corrupt_images}
+        val_set = build_dataset("imagenet", args.data_path, "val", transform=val_tf, **skip)
         train_set = None
         if not args.test_only:
             train_tf = train_preset(args.train_crop_size, interpolation, args.auto_augment, args.random_erase,
                                     args.ra_magnitude, args.augmix_severity)
-            train_set = build_dataset("imagenet", args.data_path, "train", transform=train_tf)
+            train_set = build_dataset("imagenet", args.data_path, "train", transform=train_tf, **skip)
         return train_set, val_set
     extra = {"num_classes": args.num_classes or 10} if args.dataset == "synthetic" else {}
     if args.auto_augment or args.random_erase > 0:
@@ -477,6 +478,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--ra-sampler", action="store_true",
         help="repeated-augmentation sampler under torchrun (ignored with one process, as in the original)")
     add("--ra-reps", default=3, type=int, help="repetitions of the RA sampler (default: %(default)s)")
+    add("--skip-corrupt-images", action="store_true",
+        help="--dataset imagefolder: skip and count undecodable images instead of stopping at the first")
     add("--cache-dataset", action="store_true",
         help="accepted for compatibility with the original; has no effect here (no dataset cache)")
     # run control

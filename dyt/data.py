@@ -35,7 +35,7 @@ from torchvision.transforms import InterpolationMode
 
 from common.data import VTAB_TASKS, DataError, build_dataset
 from common.data.transforms import HALF_MEAN, HALF_STD
-from common.data.vision import TensorImageDataset
+from common.data.vision import CheckedImageFolder, TensorImageDataset
 
 EMBEDDED = ("digits", "synthetic")
 ACCURACY, MEAN_PER_CLASS = "accuracy", "mean_per_class_acc"
@@ -209,10 +209,10 @@ def _embedded(name: str, split: str, img_size: int, num_classes: int | None,
     return dataset
 
 
-def _image_folder(root: Path, tf: Callable, split: str) -> Dataset:
+def _image_folder(root: Path, tf: Callable, split: str, skip_corrupt: bool = False) -> Dataset:
     folder = root / split
     try:
-        dataset = tvd.ImageFolder(str(folder), transform=tf)
+        dataset = CheckedImageFolder(str(folder), transform=tf, skip_corrupt=skip_corrupt)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"{folder} holds no readable images ({err}); the ImageFolder layout is "
                         f"{root}/train/<class>/<image> and {root}/test/<class>/<image>") from None
@@ -220,12 +220,12 @@ def _image_folder(root: Path, tf: Callable, split: str) -> Dataset:
     return dataset
 
 
-def _real_image_split(name: str, root: Path, split: str, tf: Callable) -> Dataset:
+def _real_image_split(name: str, root: Path, split: str, tf: Callable, skip_corrupt: bool = False) -> Dataset:
     spec = IMAGE_DATASETS[name]
     if (root / "train").is_dir():  # an ImageFolder tree
         if split == spec.train_split:
-            return _image_folder(root, tf, "train")
-        return _image_folder(root, tf, "test" if (root / "test").is_dir() else "val")
+            return _image_folder(root, tf, "train", skip_corrupt)
+        return _image_folder(root, tf, "test" if (root / "test").is_dir() else "val", skip_corrupt)
     if name == "imagenet":
         raise DataError(f"no ImageFolder tree at --data_path {root}; imagenet expects {root}/{_LAYOUT[name]}")
     if spec.factory is None:
@@ -241,12 +241,12 @@ def _real_image_split(name: str, root: Path, split: str, tf: Callable) -> Datase
 
 
 def build_image_dataset(name: str, data_path: str | Path | None, img_size: int = 224,
-                        num_classes: int | None = None, digits: DigitsVariant | None = None
-                        ) -> tuple[Dataset, Dataset, int, str]:
+                        num_classes: int | None = None, digits: DigitsVariant | None = None,
+                        skip_corrupt: bool = False) -> tuple[Dataset, Dataset, int, str]:
     """``(train, test, nb_classes, metric)`` for ``main_image.py`` (the original's ``build_image_dataset``).
 
     ``num_classes`` only sets the class count of ``synthetic``; ``digits`` the class subset and shift of
-    ``digits``.
+    ``digits``; ``skip_corrupt`` skips and counts undecodable images of an ImageFolder tree.
     """
     name = canonical_name(name)
     if name in EMBEDDED:
@@ -260,8 +260,8 @@ def build_image_dataset(name: str, data_path: str | Path | None, img_size: int =
         raise DataError(f"--data_path {root} does not exist; point it at the folder that holds {_LAYOUT[name]} "
                         f"for {name}; {EMBEDDED_HINT}")
     spec = IMAGE_DATASETS[name]
-    train = _real_image_split(name, root, spec.train_split, image_transform(True, img_size))
-    test = _real_image_split(name, root, spec.test_split, image_transform(False, img_size))
+    train = _real_image_split(name, root, spec.train_split, image_transform(True, img_size), skip_corrupt)
+    test = _real_image_split(name, root, spec.test_split, image_transform(False, img_size), skip_corrupt)
     return train, test, spec.num_classes, spec.metric
 
 

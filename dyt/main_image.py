@@ -95,7 +95,8 @@ class Splits:
 def load_data(args: argparse.Namespace, img_size: int) -> Splits:
     """The training and test sets of ``--dataset`` (``main_image``'s ``build_image_dataset``)."""
     train, test, nb_classes, metric = build_image_dataset(args.dataset, args.data_path, img_size,
-                                                          digits=digits_variant(args))
+                                                          digits=digits_variant(args),
+                                                          skip_corrupt=args.skip_corrupt_images)
     return Splits(None if args.eval else train, test, test, nb_classes, metric)
 
 
@@ -464,6 +465,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             description="DyT fine-tuning of an IN21K ViT on an image classification dataset.")
     add_config_argument(parser)
     add_dyt_args(parser, IMAGE_DEFAULTS)
+    parser.add_argument("--skip-corrupt-images", action="store_true",
+                        help="skip and count undecodable images of an ImageFolder tree instead of stopping at the "
+                             "first")
     return parser
 
 

@@ -139,10 +139,11 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset | None, Dataset]:
     normalize = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
     train_tf = T.Compose([T.RandomResizedCrop(args.input_size), T.RandomHorizontalFlip(), T.ToTensor(), normalize])
     val_tf = T.Compose([T.Resize(256), T.CenterCrop(args.input_size), T.ToTensor(), normalize])
-    val_set = build_dataset("imagenet", args.data, "val", transform=val_tf)
+    skip = {"skip_corrupt": args.skip_corrupt_images}
+    val_set = build_dataset("imagenet", args.data, "val", transform=val_tf, **skip)
     if args.evaluate:
         return None, val_set
-    return build_dataset("imagenet", args.data, "train", transform=train_tf), val_set
+    return build_dataset("imagenet", args.data, "train", transform=train_tf, **skip), val_set
 
 
 def prune_loader(train_set: Dataset, args: argparse.Namespace) -> DataLoader:
@@ -500,6 +501,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                           "then stays (default: %(default)s)")
     pad.add_argument("--temp_init", type=positive_float, default=30.0,
                      help="initial temperature (default: %(default)s)")
+    add("--skip-corrupt-images", action="store_true",
+        help="imagenet: skip and count undecodable images instead of stopping at the first")
     add_distributed_args(parser)
     add_tracking_args(parser, "padnet")
     return parser

@@ -255,3 +255,33 @@ def test_help_exits_zero(capsys):
     for flag in ("--subpath-topk", "--eval-all-skip-cfgs", "--dataset", "--cache-dataset", "--mlflow-uri", "-c",
                  "--train-skip-cfg", "--no-skip-aware-norms"):
         assert flag in out
+
+
+def _image_tree(root: Path) -> Path:
+    """``root/{train,val}/<class>/<n>.png``, two classes of four 40x40 images; one training image damaged."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for c, cls in enumerate(("a", "b")):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (40, 40), (120 * c, 30 * i, 0)).save(root / split / cls / f"{i}.png")
+    bad = root / "train" / "b" / "2.png"
+    bad.write_bytes(bad.read_bytes()[:50])
+    return bad
+
+
+def test_a_corrupt_image_is_one_line_or_skipped_and_counted(tmp_path, capsys):
+    bad = _image_tree(tmp_path / "data")
+    argv = ["--dataset", "imagefolder", "--data-path", str(tmp_path / "data"), "--model", "resnet_adn_cifar",
+            "--device", "cpu", "--val-crop-size", "32", "--val-resize-size", "32", "--train-crop-size", "32",
+            "-b", "8", "-j", "0", "--epochs", "1", "--no-mlflow", "--output-dir", str(tmp_path / "out")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli(argv)
+    err = capsys.readouterr().err  # the epoch's progress bar, then the one-line error
+    assert exit_info.value.code == 2 and "Traceback" not in err
+    line = err.strip().splitlines()[-1].split("\r")[-1].strip()
+    assert line.startswith(f"train_adn.py: error: corrupt image {bad}") and "--skip-corrupt-images" in line
+    result = main(parse_args(argv + ["--skip-corrupt-images"]))
+    assert result is not None and (tmp_path / "out" / "checkpoint.pth").is_file()
+    assert f"warning: skipped corrupt image {bad}" in capsys.readouterr().err
