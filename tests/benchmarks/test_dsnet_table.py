@@ -1,5 +1,5 @@
-"""benchmarks/dsnet_table.py: the 16 MAdds rows (and a tampered one failing), the quick end-to-end run, the checkpoint
-evaluation, and its user errors (spec dsnet.md Sec. 9-11)."""
+"""benchmarks/dsnet_table.py: the 16 MAdds rows (and a tampered one failing), the checkpoint evaluation, and its user
+errors (spec dsnet.md Sec. 9-11)."""
 
 from __future__ import annotations
 
@@ -14,12 +14,11 @@ import pytest
 import torch
 import yaml
 
-from benchmarks.dsnet_table import PAPER_TABLE, active_params, get_args_parser, load_paper_table, main
+from benchmarks.dsnet_table import PAPER_TABLE, active_params, load_paper_table, main
 from common.errors import run_cli
 from dsnet.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
-FAST = ["--no-speed", "--no-proxy"]
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -29,7 +28,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 def _cli(args: list[str]) -> int:
     """Run the script's main in-process, as ``python -m benchmarks.dsnet_table`` would; return the exit code."""
     try:
-        return run_cli(main, get_args_parser().parse_args(args), prog="dsnet_table")
+        return run_cli(main, args, prog="dsnet_table")
     except SystemExit as exc:
         return exc.code
 
@@ -52,13 +51,14 @@ def _image_folder(root: Path, classes: int = 2) -> Path:
 def test_help_from_the_script_path():
     result = _run("benchmarks/dsnet_table.py", "--help", timeout=120)
     assert result.returncode == 0, result.stderr
-    for flag in ("--paper-table", "--checkpoint", "--data-path", "--quick", "--no-proxy", "--no-speed", "--seeds",
-                 "--routing-spaces"):
+    for flag in ("--paper-table", "--checkpoint", "--data-path", "--model-ema", "--quick", "--output-dir"):
         assert flag in result.stdout
+    for gone in ("--speed", "--proxy", "--seeds"):  # timing: benchmarks/speed.py; training: benchmarks/proxies/dsnet.py
+        assert gone not in result.stdout
 
 
 def test_the_16_madds_rows_are_reproduced(tmp_path, capsys):
-    assert _cli([*FAST, "--output-dir", str(tmp_path)]) == 0
+    assert _cli(["--quick", "--output-dir", str(tmp_path)]) == 0
     rows = _rows(tmp_path / "dsnet_madds.csv")
     assert [r["subnet"] for r in rows] == [str(c) for c in range(14)] + ["smallest", "largest"]
     assert all(r["status"] == "ok" and not r["problems"] for r in rows)
@@ -71,7 +71,8 @@ def test_the_16_madds_rows_are_reproduced(tmp_path, capsys):
     assert "819,883,136" in out and "565M" in out
     report = (tmp_path / "dsnet.md").read_text()
     assert "All 16 rows reproduced exactly." in report and "## The abstract's claims" in report
-    assert "1.62x" in report and "SUSPECT" in report
+    assert "1.62x" in report and "SUSPECT" in report and "benchmarks/speed.py" in report
+    assert "python -m benchmarks.dsnet_table --quick --output-dir" in report
 
 
 def test_the_paper_table_matches_the_reference_manifest(shared_dir):
@@ -106,43 +107,12 @@ def test_a_tampered_paper_value_fails(tmp_path, capsys, key, value, message):
     tampered = tmp_path / "tampered.yaml"
     tampered.write_text(yaml.safe_dump(table))
 
-    assert _cli([*FAST, "--paper-table", str(tampered), "--output-dir", str(tmp_path / "out")]) == 1
+    assert _cli(["--paper-table", str(tampered), "--output-dir", str(tmp_path / "out")]) == 1
     out, err = capsys.readouterr()
     assert f"FAIL: sub-network 4: {message}" in out
     assert "1 of 16 MAdds row(s) differ" in err
     statuses = [r["status"] for r in _rows(tmp_path / "out" / "dsnet_madds.csv")]
     assert statuses.count("FAIL") == 1
-
-
-def test_quick_run_writes_every_part(tmp_path):
-    result = _run("-m", "benchmarks.dsnet_table", "--quick", "--threads", "1", "--speed-repeats", "2",
-                  "--output-dir", str(tmp_path))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "speed-up vs largest" in result.stdout and "proxy run on digits" in result.stdout
-
-    speed = _rows(tmp_path / "dsnet_speed.csv")
-    assert [(r["config"], r["batch_size"]) for r in speed][:3] == [
-        ("sub-network 0", "1"), ("sub-network 13", "1"), ("largest", "1")]
-    assert len(speed) == 10 and all(float(r["images_per_s"]) > 0 for r in speed)
-
-    proxy = _rows(tmp_path / "dsnet.csv")
-    static = [r for r in proxy if r["kind"] == "static"]
-    dynamic = [r for r in proxy if r["kind"] == "dynamic"]
-    assert len(static) == 15 and len(dynamic) == 4  # 14 sub-networks + largest; 2 routing spaces x noise on/off
-    costs = [float(r["madds_mean"]) for r in static[:14]]
-    assert costs == sorted(costs) and costs[0] < costs[-1]
-    assert {r["routing_space"] for r in dynamic} == {"0 1 2 3", "0 4 9 13"}
-    for r in dynamic:
-        space = [int(c) for c in r["routing_space"].split()]
-        assert costs[space[0]] <= float(r["madds_mean"]) <= costs[space[-1]]
-        assert sum(int(c) for c in r["route_counts"].split()) == 128  # the quick run's val images
-    assert all(0.0 <= float(r["top1_mean"]) <= 100.0 and r["seeds"] == "1" for r in proxy)
-    assert (tmp_path / "dsnet_proxy.png").stat().st_size > 1000
-    report = (tmp_path / "dsnet.md").read_text()
-    for section in ("## MAdds of the README's 14 sub-networks", "## Speed on this CPU", "## The abstract's claims",
-                    "## Proxy run on digits"):
-        assert section in report
-    assert "python -m benchmarks.dsnet_table --quick" in report
 
 
 def test_a_checkpoint_fills_our_accuracy(tmp_path):
@@ -155,7 +125,7 @@ def test_a_checkpoint_fills_our_accuracy(tmp_path):
                 "args": argparse.Namespace(model="slimmable_mbnet_v1_bn_uniform"), "version": 2}, checkpoint)
     data = _image_folder(tmp_path / "imagenet")
 
-    assert _cli([*FAST, "--checkpoint", str(checkpoint), "--data-path", str(data), "--model-ema", "-j", "0",
+    assert _cli(["--checkpoint", str(checkpoint), "--data-path", str(data), "--model-ema", "-j", "0",
                  "--output-dir", str(tmp_path / "out")]) == 0
     rows = {r["subnet"]: r for r in _rows(tmp_path / "out" / "dsnet_madds.csv")}
     for name in [str(c) for c in range(14)] + ["smallest"]:
@@ -169,12 +139,10 @@ def test_a_checkpoint_fills_our_accuracy(tmp_path):
     (["--checkpoint", "GARBAGE", "--data-path", "GARBAGE"], "--data-path GARBAGE: no 'val' folder"),
     (["--checkpoint", "GARBAGE", "--data-path", "DATA"], "checkpoint GARBAGE is corrupt or truncated"),
     (["--checkpoint", "WRONG", "--data-path", "DATA"], "holds no DS-Net supernet"),
-    (["--checkpoint", "GARBAGE", "--data-path", "DATA", "--no-table"], "cannot be combined with --no-table"),
     (["--data-path", "DATA"], "only make sense with --checkpoint"),
-    (["--no-table"], "nothing to do"),
+    (["--no-table"], "unrecognized arguments: --no-table"),
     (["--paper-table", "missing.yaml"], "paper table missing.yaml does not exist"),
     (["--paper-table", "BAD"], "row 1 lacks madds"),
-    (["--routing-spaces", "0,1,2"], "each space needs 4 sub-network indices in 0..13"),
 ])
 def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -184,7 +152,7 @@ def test_user_errors_are_one_line(tmp_path, capsys, monkeypatch, args, message):
     (tmp_path / "BAD").write_text("model: slimmable_mbnet_v1_bn_uniform\nimg_size: 224\nrows:\n  - {subnet: 0, "
                                   "mode: uniform, choice: 0, widths: [], conv_linear_macs: 1, avgpool_elements: 1, "
                                   "readme_madds_M: 1, top1: 1, top5: 1}\n")
-    assert _cli([*args, *FAST, "--output-dir", str(tmp_path / "out")]) == 2
+    assert _cli([*args, "--output-dir", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dsnet_table: error: ") and message in err
     assert "\n" not in err and "Traceback" not in err
