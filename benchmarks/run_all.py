@@ -1,9 +1,13 @@
 """All five papers in one command (``make demo``): every table, every proxy, a short speed stage, the report.
 
-Each stage is a benchmark script's ``main(argv) -> int`` called in this process, as ``python -m <module> argv``
-would: per paper its ``benchmarks/<paper>_table.py`` (the paper's computational columns, exit 1 on drift) and its
+Each stage is a benchmark script's ``main(argv) -> int``, called as ``python -m <module> argv`` would: per paper
+its ``benchmarks/<paper>_table.py`` (the paper's computational columns, exit 1 on drift) and its
 ``benchmarks/proxies/*.py`` (the paper's claims measured on embedded data through the subproject's entry points,
-with a verdict per claim), then ``benchmarks/speed.py --quick``. A stage that fails is reported and the others
+with a verdict per claim), then ``benchmarks/speed.py --quick``. With ``--jobs N`` (default 2, the cores of the
+machine the demo is sized for) the tables and proxies run in N worker processes of one torch thread each, longest
+first (by the seconds of the previous run in ``runs.csv``), each stage's output in ``<output-dir>/logs/``; small
+models train faster as two one-thread processes than as one two-thread process, and one thread keeps every run
+bit-reproducible. The speed stage always runs last and alone. A stage that fails is reported and the others
 still run; the exit code is then 1. The proxies' ``<name>_claims.csv`` and ``<name>_proxies.csv`` are gathered
 into ``claims.csv`` and ``proxies.csv``, and :mod:`benchmarks.report` writes ``README.md`` in the output folder.
 
@@ -17,12 +21,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import multiprocessing
 import os
 import shlex
 import sys
 import time
 import traceback
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +43,7 @@ from common.errors import ArgumentParser, UserError, run_cli
 
 @dataclass(frozen=True)
 class Paper:
-    """One paper's table script and proxy scripts (module names under ``benchmarks``)."""
+    """One paper's table script and proxy scripts (module names)."""
 
     name: str
     title: str
@@ -46,11 +52,12 @@ class Paper:
 
 
 PAPERS: dict[str, Paper] = {p.name: p for p in (
-    Paper("adn", "ADN (NeurIPS 2024)", "adn_table", ("adn",)),
-    Paper("dsnet", "DS-Net (CVPR 2021)", "dsnet_table", ("dsnet",)),
-    Paper("jeidnn", "JEI-DNN (ICLR 2024)", "jeidnn_table", ("jeidnn",)),
-    Paper("dyt", "DyT (NeurIPS 2024)", "dyt_table", ("dyt",)),
-    Paper("padnet", "PAD-Net (ACL 2023)", "padnet_table", ("padnet", "padnet_moe")),
+    Paper("adn", "ADN (NeurIPS 2024)", "benchmarks.adn_table", ("benchmarks.proxies.adn",)),
+    Paper("dsnet", "DS-Net (CVPR 2021)", "benchmarks.dsnet_table", ("benchmarks.proxies.dsnet",)),
+    Paper("jeidnn", "JEI-DNN (ICLR 2024)", "benchmarks.jeidnn_table", ("benchmarks.proxies.jeidnn",)),
+    Paper("dyt", "DyT (NeurIPS 2024)", "benchmarks.dyt_table", ("benchmarks.proxies.dyt",)),
+    Paper("padnet", "PAD-Net (ACL 2023)", "benchmarks.padnet_table",
+          ("benchmarks.proxies.padnet", "benchmarks.proxies.padnet_moe")),
 )}
 
 
@@ -117,6 +124,57 @@ def run_stage(paper: str, stage: str, module: str, argv: Sequence[str]) -> Outco
     return outcome
 
 
+def run_logged(paper: str, stage: str, module: str, argv: Sequence[str], log: Path) -> Outcome:
+    """:func:`run_stage` in a worker process with one torch thread, its stdout and stderr (also those of C
+    extensions and progress bars) in ``log``."""
+    torch.set_num_threads(1)
+    with log.open("w", buffering=1) as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        sys.stdout = sys.stderr = f
+        return run_stage(paper, stage, module, argv)
+
+
+def log_name(paper: str, stage: str) -> str:
+    return f"{paper}_{stage.replace(' ', '_')}.log"
+
+
+def previous_seconds(output_dir: Path) -> dict[tuple[str, str], float]:
+    """``{(paper, stage): seconds}`` of the last run in ``output_dir/runs.csv`` (empty without one)."""
+    path = output_dir / report.RUNS_CSV
+    if not path.is_file():
+        return {}
+    runs = pd.read_csv(path, keep_default_na=False)
+    if "stage" not in runs.columns:
+        return {}
+    return {(r.paper, r.stage): float(r.seconds) for r in runs.itertuples()}
+
+
+def run_parallel(stages: list[tuple[str, str, str, list[str]]], jobs: int, output_dir: Path) -> list[Outcome]:
+    """The stages in ``jobs`` worker processes, longest first; outcomes in the order of ``stages``."""
+    logs = output_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    before = previous_seconds(output_dir)
+    order = sorted(range(len(stages)), key=lambda i: -before.get(stages[i][:2], 0.0))
+    outcomes: list[Outcome | None] = [None] * len(stages)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {}
+        for i in order:
+            paper, stage, module, argv = stages[i]
+            log = logs / log_name(paper, stage)
+            tqdm.write(f"==> python -m {module} {shlex.join(argv)}  (log: {log})")
+            futures[pool.submit(run_logged, paper, stage, module, argv, log)] = i
+        for future in tqdm(as_completed(futures), total=len(futures), desc="stages", unit="stage",
+                           dynamic_ncols=True):
+            i = futures[future]
+            o = outcomes[i] = future.result()
+            tqdm.write(f"<== {o.paper} {o.stage}: {o.status} ({o.seconds:.0f} s){' - ' + o.note if o.note else ''}")
+            if o.status != "ok":  # the end of its log says why
+                log = logs / log_name(o.paper, o.stage)
+                tqdm.write("\n".join("    " + line for line in log.read_text(errors="replace").splitlines()[-8:]))
+    return [o for o in outcomes if o is not None]
+
+
 def stage_argv(kind: str, mode: str, output_dir: Path) -> list[str]:
     """The flags of one stage. ``mode`` is ``quick`` (the demo), ``full`` or ``tiny`` (CI smoke size)."""
     flags = {("table", "quick"): ["--quick"], ("table", "tiny"): ["--quick"], ("table", "full"): [],
@@ -139,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = get_args_parser().parse_args(argv)
     names = parse_only(args.only)
+    if args.jobs < 1:
+        raise RunAllError(f"--jobs must be at least 1, got {args.jobs}")
     output_dir = Path(args.output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -147,15 +207,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.access(output_dir, os.W_OK):
         raise RunAllError(f"--output-dir {output_dir}: not writable; choose another folder")
     mode = "full" if args.full else "tiny" if args.tiny else "quick"
-    outcomes, ran = [], []
-    for name in tqdm(names, desc="papers", unit="paper", dynamic_ncols=True):
+    stages, ran = [], []
+    for name in names:
         paper = PAPERS[name]
-        outcomes.append(run_stage(name, "table", f"benchmarks.{paper.table}", stage_argv("table", mode, output_dir)))
+        stages.append((name, "table", paper.table, stage_argv("table", mode, output_dir)))
         if args.proxies:
-            for proxy in paper.proxies:
-                outcomes.append(run_stage(name, f"proxy {proxy}", f"benchmarks.proxies.{proxy}",
-                                          stage_argv("proxy", mode, output_dir)))
+            for module in paper.proxies:
+                proxy = module.rsplit(".", 1)[-1]
+                stages.append((name, f"proxy {proxy}", module, stage_argv("proxy", mode, output_dir)))
                 ran.append(proxy)
+    if args.jobs > 1:
+        outcomes = run_parallel(stages, args.jobs, output_dir)
+    else:
+        outcomes = [run_stage(*stage) for stage in tqdm(stages, desc="stages", unit="stage", dynamic_ncols=True)]
     gather(output_dir, ran)
     if args.speed:
         outcomes.append(run_stage("speed", "speed", "benchmarks.speed",
@@ -183,6 +247,9 @@ def get_args_parser() -> ArgumentParser:
     mode.add_argument("--tiny", action="store_true", help="smoke size for tests (numbers meaningless)")
     parser.add_argument("--only", default=None, metavar="P1,P2",
                         help=f"comma-separated papers to run (default: all of {', '.join(PAPERS)})")
+    parser.add_argument("--jobs", type=int, default=2, metavar="N",
+                        help="worker processes (one torch thread each) for the tables and proxies; 1 runs them in "
+                             "this process with the default threads (default: %(default)s)")
     parser.add_argument("--proxies", action=argparse.BooleanOptionalAction, default=True,
                         help="run the proxy experiments (default: on)")
     parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,

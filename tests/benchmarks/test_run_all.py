@@ -60,11 +60,8 @@ def fake_papers(tmp_path, monkeypatch):
         (pkg / f"{name}_table.py").write_text(FAKE_TABLE.format(name=name, action=action))
         (pkg / "proxies" / f"{name}.py").write_text(FAKE_PROXY.format(name=name, diffs=diffs[name]))
     monkeypatch.syspath_prepend(str(tmp_path))
-    papers = {n: run_all.Paper(n, n, f"{n}_table", (n,)) for n in tables}
+    papers = {n: run_all.Paper(n, n, f"fakebench.{n}_table", (f"fakebench.proxies.{n}",)) for n in tables}
     monkeypatch.setattr(run_all, "PAPERS", papers)
-    real_run_stage = run_all.run_stage
-    monkeypatch.setattr(run_all, "run_stage", lambda paper, stage, module, argv: real_run_stage(
-        paper, stage, module.replace("benchmarks.", "fakebench.", 1), argv))
     yield
     for name in list(sys.modules):
         if name.startswith("fakebench"):
@@ -73,7 +70,7 @@ def fake_papers(tmp_path, monkeypatch):
 
 def test_stages_run_in_order_failures_propagate_and_claims_are_gathered(tmp_path, fake_papers, capsys):
     out = tmp_path / "results"
-    assert _main(["--no-speed", "--output-dir", str(out)]) == 1
+    assert _main(["--no-speed", "--jobs", "1", "--output-dir", str(out)]) == 1
     captured = capsys.readouterr()
     assert "run_all: failed: fake_drift table, fake_crash table" in captured.err
     assert "RuntimeError: boom" in captured.err  # the crash's traceback is shown, and the next stages still ran
@@ -92,21 +89,35 @@ def test_stages_run_in_order_failures_propagate_and_claims_are_gathered(tmp_path
         ("table", "error"), ("proxy fake_crash", "ok")]
 
 
+def test_parallel_workers_give_the_same_outcomes_with_a_log_per_stage(tmp_path, fake_papers, capsys):
+    out = tmp_path / "results"
+    assert _main(["--no-speed", "--jobs", "2", "--output-dir", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "RuntimeError: boom" in printed  # the end of the failed stage's log, shown by the parent
+    runs = pd.read_csv(out / "runs.csv", keep_default_na=False)
+    assert list(zip(runs["stage"], runs["status"], strict=True)) == [
+        ("table", "ok"), ("proxy fake_ok", "ok"), ("table", "drift"), ("proxy fake_drift", "ok"),
+        ("table", "error"), ("proxy fake_crash", "ok")]
+    assert "Traceback" in (out / "logs" / "fake_crash_table.log").read_text()
+    assert (out / "fake_ok.md").read_text().endswith("fakebench/fake_ok_table.py --quick --output-dir " + str(out))
+    assert len(pd.read_csv(out / "claims.csv")) == 3
+
+
 def test_report_opens_with_the_claims_table(tmp_path, fake_papers):
     out = tmp_path / "results"
-    assert _main(["--no-speed", "--only", "fake_ok", "--output-dir", str(out)]) == 0
+    assert _main(["--no-speed", "--jobs", "1", "--only", "fake_ok", "--output-dir", str(out)]) == 0
     text = (out / "README.md").read_text()
     claims_at, runs_at = text.index("## Claims and verdicts"), text.index("## Runs")
     assert claims_at < runs_at
     assert "1 claims: 1 reproduced, 0 not reproduced, 0 inconclusive." in text
     assert "| **reproduced** |" in text and "[+0.88, +1.14]" in text  # the 95 % interval of two seeds
-    assert "Command: `python -m benchmarks.run_all --no-speed --only fake_ok --output-dir" in text
+    assert "Command: `python -m benchmarks.run_all --no-speed --jobs 1 --only fake_ok --output-dir" in text
 
 
 @pytest.mark.parametrize("mode, proxy_flags", [([], []), (["--tiny"], ["--tiny"]), (["--full"], ["--full"])])
 def test_mode_flags_reach_the_proxies(tmp_path, fake_papers, mode, proxy_flags):
     out = tmp_path / "results"
-    assert _main([*mode, "--no-speed", "--only", "fake_ok", "--output-dir", str(out)]) == 0
+    assert _main([*mode, "--no-speed", "--jobs", "1", "--only", "fake_ok", "--output-dir", str(out)]) == 0
     arm = pd.read_csv(out / "proxies.csv", keep_default_na=False)["arm"].item()
     assert arm == " ".join(["fake_ok", *proxy_flags])
 
@@ -120,7 +131,7 @@ def test_gather_ignores_stale_files_of_proxies_not_run(tmp_path):
 
 def test_update_readme_replaces_only_the_results_section(tmp_path, fake_papers):
     out = tmp_path / "results"
-    assert _main(["--no-speed", "--only", "fake_ok", "--output-dir", str(out)]) == 0
+    assert _main(["--no-speed", "--jobs", "1", "--only", "fake_ok", "--output-dir", str(out)]) == 0
     readme = tmp_path / "README.md"
     readme.write_text("# Title\n\nintro\n\n## Results\n\nold numbers\n\n## Licence\n\nMIT\n")
     report.main(["--output-dir", str(out), "--update-readme", "--readme", str(readme)])
@@ -134,6 +145,7 @@ def test_update_readme_replaces_only_the_results_section(tmp_path, fake_papers):
     (["--only", "adn,nope"], "--only 'adn,nope': unknown paper(s) nope"),
     (["--only", ","], "unknown paper(s) (none given)"),
     (["--quick", "--full"], "not allowed with argument"),
+    (["--jobs", "0"], "--jobs must be at least 1"),
 ])
 def test_bad_flags_are_one_line_errors(argv, message, capsys):
     assert _main(argv) == 2
