@@ -49,7 +49,7 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from common.checkpoint import load_state_dict
+from common.checkpoint import load_state_dict, prepare_output_dir
 from common.data import GLUE_TASKS, read_glue
 from common.errors import UserError, run_cli
 from common.tracking import Tracker, start_tracking
@@ -57,6 +57,7 @@ from padnet.imp import NoSignalError
 from padnet.moe.data import generated_sst2
 from padnet.moe.imp import PRUNERS, mode_partition, moe_task_loss, pad_moe_masks
 from padnet.moe.layers import LAMBDAS, MOE_LEVELS, PAD_FORWARDS
+from padnet.moe.local_data import load_local_task
 from padnet.moe.modeling import POS_MOE_CHOICES, USE_MOE_CHOICES, moe_aux_loss, moefy
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ task_to_keys = {
     "wnli": ("sentence1", "sentence2"),
 }
 GENERATED_TASK = "generated"
+LOCAL_TASK = "local"  # the user's --train_file / --validation_file / --test_file (padnet.moe.local_data)
 GENERATED_SEQ_LENGTH = 32
 
 
@@ -120,6 +122,8 @@ class ModelArguments:
         "choices": PAD_FORWARDS, "help": "PAD-MoE expert: the paper's (mask, static weight, lambdas) or the released "
                                          "code's W_e + W_static"})
     output_hidden_states: bool = field(default=False, metadata={"help": "return all hidden states"})
+    ignore_mismatched_sizes: bool = field(default=False, metadata={
+        "help": "start a new classifier when the checkpoint's has another number of labels (HF run_glue.py)"})
 
 
 @dataclass
@@ -137,6 +141,12 @@ class DataTrainingArguments:
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training examples"})
     max_eval_samples: int | None = field(default=None, metadata={"help": "use only the first N dev examples"})
     max_predict_samples: int | None = field(default=None, metadata={"help": "use only the first N test examples"})
+    train_file: str | None = field(default=None, metadata={
+        "help": "your own training data instead of a GLUE task: .csv, .tsv or .json(l) with one or two text columns "
+                "and a 'label' column of any strings (a header row, or without one: texts then label); the label "
+                "set is read from this file (numbers that are not all integers: regression)"})
+    validation_file: str | None = field(default=None, metadata={"help": "your own dev data, same layout"})
+    test_file: str | None = field(default=None, metadata={"help": "your own test data, same layout, labels optional"})
 
 
 @dataclass
@@ -160,9 +170,24 @@ class PruneArguments:
 
 @dataclass
 class PadTrainingArguments(TrainingArguments):
-    """The standard Trainer flags, plus the original's ``--length``."""
+    """The standard Trainer flags, plus the original's ``--length`` and the spellings of the Trainer flags that
+    Transformers 5 renamed, which the original's commands use."""
 
     length: int = field(default=10, metadata={"help": "IMP data: length * 32 random training examples"})
+    warmup_ratio: float | None = field(default=None, metadata={
+        "help": "fraction of the steps with a linear warm-up (older spelling of a --warmup_steps below 1)"})
+    evaluation_strategy: str | None = field(default=None, metadata={"help": "older spelling of --eval_strategy"})
+    no_cuda: bool = field(default=False, metadata={"help": "older spelling of --use_cpu"})
+
+    def __post_init__(self):
+        if self.warmup_ratio is not None:
+            if not 0.0 <= self.warmup_ratio < 1.0:
+                raise ValueError(f"--warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+            self.warmup_steps = self.warmup_ratio
+        if self.evaluation_strategy is not None:
+            self.eval_strategy = self.evaluation_strategy
+        self.use_cpu = self.use_cpu or self.no_cuda
+        super().__post_init__()
 
 
 @dataclass
@@ -223,9 +248,10 @@ def _read_optional(task: str, data_dir: str, file: str, split: str) -> list[dict
     return read_glue(task, data_dir, file)
 
 
-def tokenize(records: list[dict], tokenizer, task: str, padding: str | bool, max_length: int) -> list[dict]:
+def tokenize(records: list[dict], tokenizer, keys: tuple[str, str | None], padding: str | bool, max_length: int
+             ) -> list[dict]:
     """Tokenised features (``input_ids``, ``attention_mask``, ...) plus ``label`` where the split has labels."""
-    key1, key2 = task_to_keys["sst2" if task == GENERATED_TASK else task]
+    key1, key2 = keys
     texts = [[r[key1] for r in records]] + ([[r[key2] for r in records]] if key2 else [])
     encoded = tokenizer(*texts, padding=padding, max_length=max_length, truncation=True)
     features = [{name: values[i] for name, values in encoded.items()} for i in range(len(records))]
@@ -376,9 +402,14 @@ def load_model(model_args: ModelArguments, num_labels: int, task: str):
         saved_moe = getattr(config, "use_moe", "none")
         if saved_moe != "none":
             return tokenizer, _load_saved_moe(model_args, config, path)
-        model = AutoModelForSequenceClassification.from_pretrained(path, config=config,
-                                                                   cache_dir=model_args.cache_dir,
-                                                                   revision=model_args.model_revision)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, config=config, cache_dir=model_args.cache_dir, revision=model_args.model_revision,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes)
+    except RuntimeError as err:
+        if "ignore_mismatched_sizes" not in str(err):
+            raise
+        raise GlueArgumentError(f"{path} has a classifier for another number of labels than the {num_labels} of "
+                                "this data; pass --ignore_mismatched_sizes to start a new classifier") from None
     except (OSError, ValueError) as err:
         raise GlueArgumentError(f"cannot load the model {path!r} ({str(err).splitlines()[0][:200]}); pass a local "
                                 "BERT-family folder with --model_name_or_path") from None
@@ -411,21 +442,41 @@ def _load_saved_moe(model_args: ModelArguments, config, path: str):
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Parse, check and lock ``--output_dir`` (the main process holds its one-run lock throughout), then run."""
     model_args, data_args, training_args, prune_args, tracking_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", datefmt="%H:%M:%S",
                         handlers=[logging.StreamHandler(sys.stdout)])
     logger.setLevel(logging.INFO if training_args.should_log else logging.WARN)
     logger.info("device %s, world size %d", training_args.device, training_args.world_size)
+    with prepare_output_dir(training_args.output_dir, "--output_dir"):
+        return run(model_args, data_args, training_args, prune_args, tracking_args)
+
+
+def run(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: PadTrainingArguments,
+        prune_args: PruneArguments, tracking_args: TrackingArguments) -> dict[str, dict[str, float]]:
+    """Fine-tune, evaluate and predict as the flags say (``run_glue.py``'s main body); returns the metrics."""
 
     needed = tuple(split for split, wanted in (("train", training_args.do_train),
                                                 ("validation", training_args.do_eval),
                                                 ("test", training_args.do_predict)) if wanted)
-    task, splits = load_splits(data_args, needed)
-    is_regression = task == "stsb"
-    label_list = None if is_regression else (("0", "1") if task == GENERATED_TASK else GLUE_TASKS[task].labels)
+    if data_args.train_file or data_args.validation_file or data_args.test_file:
+        if data_args.task_name or data_args.data_dir:
+            raise GlueArgumentError("--train_file / --validation_file / --test_file replace --task_name and "
+                                    "--data_dir; give one or the other")
+        local = load_local_task(data_args.train_file, data_args.validation_file, data_args.test_file, needed)
+        task, splits, keys, label_list = LOCAL_TASK, local.splits, local.text_keys, local.label_list
+        is_regression = label_list is None
+    else:
+        task, splits = load_splits(data_args, needed)
+        keys = task_to_keys["sst2" if task == GENERATED_TASK else task]
+        is_regression = task == "stsb"
+        label_list = None if is_regression else (("0", "1") if task == GENERATED_TASK else GLUE_TASKS[task].labels)
     num_labels = 1 if is_regression else len(label_list)
     set_seed(training_args.seed)
     tokenizer, model = load_model(model_args, num_labels, task)
+    if label_list is not None:
+        model.config.label2id = {label: i for i, label in enumerate(label_list)}
+        model.config.id2label = dict(enumerate(label_list))
 
     padding = "max_length" if data_args.pad_to_max_length else False
     max_length = min(data_args.max_seq_length or (GENERATED_SEQ_LENGTH if task == GENERATED_TASK else 128),
@@ -433,15 +484,16 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
               "validation_mismatched": data_args.max_eval_samples, "test": data_args.max_predict_samples,
               "test_mismatched": data_args.max_predict_samples}
-    datasets = {split: tokenize(records[:limits[split]], tokenizer, task, padding, max_length)
+    datasets = {split: tokenize(records[:limits[split]], tokenizer, keys, padding, max_length)
                 for split, records in splits.items() if records is not None}
     if training_args.do_predict and "test" not in datasets:
-        raise GlueArgumentError(f"--do_predict needs test.tsv in {data_args.data_dir or 'the task folder'}")
+        raise GlueArgumentError(f"--do_predict needs test.tsv in {data_args.data_dir or 'the task folder'}, or "
+                                "--test_file")
 
     def compute_metrics(p: EvalPrediction) -> dict[str, float]:
         preds = p.predictions[0] if isinstance(p.predictions, tuple) else p.predictions
         preds = np.squeeze(preds) if is_regression else np.argmax(preds, axis=1)
-        return glue_metrics(task, preds, p.label_ids)
+        return glue_metrics("stsb" if task == LOCAL_TASK and is_regression else task, preds, p.label_ids)
 
     collator = default_data_collator if data_args.pad_to_max_length else DataCollatorWithPadding(tokenizer)
     trainer = PadTrainer(model=model, args=training_args, prune_args=prune_args,

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from common.data import read_glue
-from common.errors import run_cli
+from common.errors import UserError, run_cli
 from padnet.moe.data import GENERATED_SIZES, generated_sst2, write_generated_sst2
 from padnet.moe.imp import moe_snip_scores, pad_moe_masks
 from padnet.moe.modeling import moe_aux_loss, moe_layers
@@ -29,6 +29,7 @@ from padnet.moe.run_glue_pad import (
     glue_metrics,
     load_model,
     main,
+    parse_args,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +166,51 @@ def test_moe_run_on_real_sst2_logs_to_mlflow(tiny_bert, tmp_path, shared_dir):
     assert runs.iloc[0]["params.use_moe"] == "MoE"
 
 
+def test_a_local_multi_class_csv_with_string_labels_trains_evaluates_and_predicts(tiny_bert, tmp_path):
+    words = {"sport": "match goal team", "politics": "vote law senate", "music": "song band guitar"}
+    rows = [f"{words[label].split()[i % 3]} news {i},{label}" for i in range(12) for label in words]
+    (tmp_path / "train.csv").write_text("text,label\n" + "\n".join(rows) + "\n")
+    (tmp_path / "dev.csv").write_text("text,label\nband news,music\nsenate news,politics\n")
+    (tmp_path / "test.csv").write_text("text\ngoal news\n")
+    out = tmp_path / "out"
+    results = main(["--model_name_or_path", tiny_bert, "--output_dir", str(out), "--train_file",
+                    str(tmp_path / "train.csv"), "--validation_file", str(tmp_path / "dev.csv"), "--test_file",
+                    str(tmp_path / "test.csv"), "--do_train", "--do_eval", "--do_predict", "--max_steps", "2",
+                    "--warmup_ratio", "0.5", "--evaluation_strategy", "no", "--no_cuda", "--no_mlflow",
+                    "--ignore_mismatched_sizes", *FAST])  # tiny_bert's classifier has 2 labels, the data 3
+    assert results["train"]["train_samples"] == 36 and results["eval"]["eval_samples"] == 2
+    assert "eval_accuracy" in results["eval"]
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"] == {"0": "music", "1": "politics", "2": "sport"}
+    predicted = (out / "predict_results_local.txt").read_text().splitlines()
+    assert predicted[0] == "index\tprediction" and predicted[1].split("\t")[1] in words
+
+
+def test_a_classifier_for_another_label_count_is_a_one_line_error(tiny_bert, tmp_path, capsys):
+    (tmp_path / "train.csv").write_text("text,label\na,x\nb,y\nc,z\n")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--model_name_or_path", tiny_bert, "--output_dir", str(tmp_path / "out"), "--train_file",
+                       str(tmp_path / "train.csv"), "--do_train", "--no_mlflow", *FAST], prog="run_glue_pad.py")
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert exc.value.code == 2 and "pass --ignore_mismatched_sizes" in err and "3 of this data" in err
+
+
+def test_renamed_trainer_flags_map_to_their_transformers_5_names():
+    *_, training_args, _, _ = parse_args(["--output_dir", "/tmp/never", "--warmup_ratio", "0.1",
+                                          "--evaluation_strategy", "epoch", "--no_cuda"])
+    assert (training_args.warmup_steps, training_args.eval_strategy, training_args.use_cpu) == (0.1, "epoch", True)
+    with pytest.raises(UserError, match="--warmup_ratio must lie in"):
+        parse_args(["--output_dir", "/tmp/never", "--warmup_ratio", "1.5"])
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "out").write_text("mine")
+    with pytest.raises(SystemExit) as exc:
+        run_cli(main, ["--output_dir", str(tmp_path / "out"), "--no_mlflow"], prog="run_glue_pad.py")
+    assert exc.value.code == 2 and "is an existing file, not a folder" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "mine"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--task_name", "sst5", "--data_dir", "x"], "unknown --task_name 'sst5'"),
     (["--task_name", "rte"], "--task_name rte needs --data_dir"),
@@ -176,6 +222,9 @@ def test_moe_run_on_real_sst2_logs_to_mlflow(tiny_bert, tmp_path, shared_dir):
     (["--Lambda", "x"], "--Lambda"),
     (["--imp_warmup_ratio", "1"], "--imp_warmup_ratio"),
     (["--model_name_or_path", "/nonexistent/bert"], "cannot load the model"),
+    (["--train_file", "/nonexistent/train.csv"], "/nonexistent/train.csv does not exist"),
+    (["--validation_file", "dev.csv"], "need --train_file"),
+    (["--train_file", "t.csv", "--task_name", "sst2"], "replace --task_name and --data_dir"),
 ])
 def test_bad_inputs_give_one_line_and_exit_2(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
