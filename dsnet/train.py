@@ -48,9 +48,17 @@ from common.checkpoint import (
     select_state_dict,
     unwrap_model,
 )
-from common.config import parse_args_with_config
+from common.config import finite_float, non_negative_float, parse_args_with_config, positive_float
 from common.data import DataError, build_dataset, build_loader, set_epoch
-from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
+from common.distributed import (
+    DistInfo,
+    add_distributed_args,
+    is_main_process,
+    print_main,
+    run_distributed,
+    seed_everything,
+    wrap_ddp,
+)
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import add_tracking_args, start_tracking
 from dsnet.engine import reset_bn, train_epoch_slim, train_epoch_slim_gate, validate_gate, validate_slim
@@ -136,10 +144,10 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, Dataset]:
                         f"original, v0, augmix-m5-w3): {err}") from None
     eval_tf = create_transform(config["input_size"], is_training=False, interpolation=config["interpolation"],
                                mean=config["mean"], std=config["std"], crop_pct=config["crop_pct"])
-    train_set = build_dataset("imagefolder", root, "train", transform=train_tf)
+    train_set = build_dataset("imagefolder", root, "train", transform=train_tf, skip_corrupt=args.skip_corrupt_images)
     split = _eval_split(root)
     if split == "val":
-        val_set = build_dataset("imagefolder", root, "val", transform=eval_tf)
+        val_set = build_dataset("imagefolder", root, "val", transform=eval_tf, skip_corrupt=args.skip_corrupt_images)
     else:
         try:
             val_set = tvd.ImageFolder(str(root / split), transform=eval_tf)
@@ -297,7 +305,8 @@ def resolve_routing_space(args: argparse.Namespace, model: DSNet) -> tuple[int, 
 # ------------------------------------------------------------------------------------------------ checkpoints
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, args: argparse.Namespace, epoch: int,
                      model_ema: ModelEmaV2 | None = None, metric: float | None = None,
-                     scaler: torch.amp.GradScaler | None = None) -> dict[str, Any]:
+                     scaler: torch.amp.GradScaler | None = None, best: tuple[float, int] | None = None
+                     ) -> dict[str, Any]:
     """The original's checkpoint dict (``CheckpointSaver._save``; spec Sec. 10), so released and our files load
     alike: ``epoch, arch, state_dict, optimizer, args, version [, state_dict_ema, metric]``, plus ``scaler``
     with ``--amp``. ``args`` is a plain dict, so the file loads with ``weights_only=True``."""
@@ -308,6 +317,8 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer, args: a
         state["state_dict_ema"] = model_ema.module.state_dict()
     if metric is not None:
         state["metric"] = metric
+    if best is not None:  # not in the original's files: lets a resumed run keep its best model and epoch
+        state["best_metric"], state["best_epoch"] = best
     if scaler is not None:
         state["scaler"] = scaler.state_dict()
     return state
@@ -375,7 +386,8 @@ def load_ema_state(model_ema: ModelEmaV2, ckpt: Any, path: str) -> None:
 def main(args: argparse.Namespace) -> dict[str, Any]:
     """Run the stage the flags describe (spec Sec. 4-6); returns the per-epoch and final results."""
     check_args(args)
-    return run_distributed(lambda info: _run(args, info), args.device)
+    return run_distributed(lambda info: _run(args, info), args.device, args.dist_timeout,
+                           output_dir=Path(args.output or "output") / experiment_name(args), output_flag="--output")
 
 
 def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
@@ -451,6 +463,8 @@ def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
 
     output_dir = Path(args.output or "output") / experiment_name(args)
     run = _Run(args, device, net, model, model_ema, eval_ema, optimizer, lr_scheduler, scaler, output_dir)
+    if ckpt is not None and "best_metric" in ckpt and not args.test_mode:
+        run.best = (float(ckpt["best_metric"]), int(ckpt["best_epoch"]))
     plan = "no training (test_mode)" if args.test_mode else f"scheduled epochs {num_epochs}, starting at {start_epoch}"
     print_main(f"Stage {stage_name(args)}: {plan}; output in {output_dir}")
     with start_tracking(args, run_name=experiment_name(args)) as tracker:
@@ -552,13 +566,15 @@ class _Run:
         return evals
 
     def _save_epoch(self, epoch: int, metric: float) -> None:
-        state = checkpoint_state(self.net, self.optimizer, self.args, epoch, self.model_ema, metric, self.scaler)
-        save_checkpoint(state, self.output_dir / "last.pth.tar")
         better = self.best is None or (metric < self.best[0] if self.args.eval_metric == "loss"
                                        else metric > self.best[0])
-        if better:
-            self.best = (metric, epoch)
+        best = (metric, epoch) if better else self.best
+        state = checkpoint_state(self.net, self.optimizer, self.args, epoch, self.model_ema, metric, self.scaler,
+                                 best)
+        if better:  # model_best first: if it cannot be written, last.pth.tar still names the previous best
             save_checkpoint(state, self.output_dir / "model_best.pth.tar")
+        save_checkpoint(state, self.output_dir / "last.pth.tar")
+        self.best = best
 
     def _summary_line(self, record: dict[str, Any], num_epochs: int, seconds: float) -> str:
         train = record["train"]
@@ -722,53 +738,61 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--gp", default="avg", type=str, metavar="POOL", help="global pool; only avg exists for DS-Net")
     add("--img-size", type=int, default=None, metavar="N",
         help="image size (default: 224 for imagefolder, 32 for digits / synthetic)")
-    add("--crop-pct", default=None, type=float, metavar="N", help="centre-crop fraction for evaluation (default 0.875)")
-    add("--mean", type=float, nargs="+", default=None, metavar="MEAN", help="normalisation mean (default: ImageNet)")
-    add("--std", type=float, nargs="+", default=None, metavar="STD", help="normalisation std (default: ImageNet)")
+    add("--crop-pct", default=None, type=non_negative_float, metavar="N",
+        help="centre-crop fraction for evaluation (default 0.875)")
+    add("--mean", type=finite_float, nargs="+", default=None, metavar="MEAN",
+        help="normalisation mean (default: ImageNet)")
+    add("--std", type=positive_float, nargs="+", default=None, metavar="STD",
+        help="normalisation std (default: ImageNet)")
     add("--interpolation", default="", type=str, metavar="NAME",
         help="evaluation resize interpolation (default: bicubic)")
     add("-b", "--batch-size", type=int, default=32, metavar="N", help="batch size per process (default: %(default)s)")
     add("-vb", "--validation-batch-size-multiplier", type=int, default=4, metavar="N",
         help="evaluation and BN-recalibration batches are N times -b (default: %(default)s)")
-    add("--drop", type=float, default=0.0, metavar="DROP",
+    add("--drop", type=non_negative_float, default=0.0, metavar="DROP",
         help="dropout before the classifier, in the 'largest' mode only (default: %(default)s)")
-    add("--drop-path", type=float, default=0.0, metavar="DROP", help="DS-Net has no drop-path: only 0")
+    add("--drop-path", type=non_negative_float, default=0.0, metavar="DROP", help="DS-Net has no drop-path: only 0")
     add("--jsd", action="store_true", default=False, help="not supported (no AugMix): error")
     # optimizer
     add("--opt", default="sgd", type=str, metavar="OPTIMIZER",
         help="timm optimizer; sgd is SGD with Nesterov momentum, no weight decay on biases and 1-D parameters "
              "(default: %(default)s)")
-    add("--opt-eps", default=1e-8, type=float, metavar="EPSILON", help="optimizer epsilon (default: %(default)s)")
-    add("--momentum", type=float, default=0.9, metavar="M", help="SGD momentum (default: %(default)s)")
-    add("--weight-decay", type=float, default=0.0001, help="weight decay (default: %(default)s)")
+    add("--opt-eps", default=1e-8, type=positive_float, metavar="EPSILON",
+        help="optimizer epsilon (default: %(default)s)")
+    add("--momentum", type=non_negative_float, default=0.9, metavar="M", help="SGD momentum (default: %(default)s)")
+    add("--weight-decay", type=non_negative_float, default=0.0001, help="weight decay (default: %(default)s)")
     # schedule
     add("--sched", default="step", type=str, metavar="SCHEDULER",
         help="timm LR schedule: cosine, step, tanh, plateau, ... (default: %(default)s)")
-    add("--lr", type=float, default=0.01, metavar="LR", help="learning rate (default: %(default)s)")
-    add("--warmup-lr", type=float, default=0.0001, metavar="LR", help="warm-up start lr (default: %(default)s)")
-    add("--min-lr", type=float, default=1e-5, metavar="LR",
+    add("--lr", type=positive_float, default=0.01, metavar="LR", help="learning rate (default: %(default)s)")
+    add("--warmup-lr", type=non_negative_float, default=0.0001, metavar="LR",
+        help="warm-up start lr (default: %(default)s)")
+    add("--min-lr", type=non_negative_float, default=1e-5, metavar="LR",
         help="lower lr bound of cyclic schedules and of the cooldown (default: %(default)s)")
-    add("--min-step-lr", type=float, default=0, metavar="LR",
+    add("--min-step-lr", type=non_negative_float, default=0, metavar="LR",
         help="accepted for compatibility; unused, as in the original (default: %(default)s)")
     add("--epochs", type=int, default=200, metavar="N",
         help="epochs of the schedule; cyclic schedules add --cooldown-epochs (default: %(default)s)")
     add("--start-epoch", default=None, type=int, metavar="N",
         help="first epoch; overrides the resumed checkpoint's (the reset-BN and gate configs set 0)")
-    add("--decay-epochs", type=float, default=30, metavar="N", help="step schedule: epochs between decays")
+    add("--decay-epochs", type=non_negative_float, default=30, metavar="N", help="step schedule: epochs between decays")
     add("--warmup-epochs", type=int, default=3, metavar="N", help="linear warm-up epochs (default: %(default)s)")
     add("--cooldown-epochs", type=int, default=10, metavar="N",
         help="epochs at --min-lr after a cyclic schedule (default: %(default)s)")
-    add("--decay-rate", "--dr", type=float, default=0.1, metavar="RATE", help="LR decay rate (default: %(default)s)")
+    add("--decay-rate", "--dr", type=non_negative_float, default=0.1, metavar="RATE",
+        help="LR decay rate (default: %(default)s)")
     # augmentation
-    add("--color-jitter", type=float, default=0.4, metavar="PCT",
+    add("--color-jitter", type=non_negative_float, default=0.4, metavar="PCT",
         help="colour jitter (unused when --aa is set, as in timm) (default: %(default)s)")
     add("--aa", type=str, default=None, metavar="NAME", help="timm auto-augment policy, e.g. rand-m9-mstd0.5")
     add("--aug-splits", type=int, default=0, help="not supported (no AugMix): only 0")
-    add("--reprob", type=float, default=0.0, metavar="PCT", help="random-erasing probability (default: %(default)s)")
+    add("--reprob", type=non_negative_float, default=0.0, metavar="PCT",
+        help="random-erasing probability (default: %(default)s)")
     add("--remode", type=str, default="const", help="random-erasing mode: const, rand, pixel (default: %(default)s)")
     add("--recount", type=int, default=1, help="random-erasing count (default: %(default)s)")
     add("--resplit", action="store_true", default=False, help="not supported (no augmentation splits): error")
-    add("--smoothing", type=float, default=0.1, help="label smoothing of the training CE (default: %(default)s)")
+    add("--smoothing", type=non_negative_float, default=0.1,
+        help="label smoothing of the training CE (default: %(default)s)")
     add("--train-interpolation", type=str, default="random",
         help="training interpolation: random, bilinear, bicubic, ... (default: %(default)s)")
     # batch norm
@@ -785,7 +809,8 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
         help="keep an EMA of the weights and buffers (the in-place-bootstrapping teacher); evaluated too")
     add("--model-ema-force-cpu", action="store_true", default=False,
         help="keep the EMA on the CPU and do not evaluate it (not with Stage I's --inplace_bootstrap)")
-    add("--model-ema-decay", type=float, default=0.9998, help="EMA decay per optimizer step (default: %(default)s)")
+    add("--model-ema-decay", type=non_negative_float, default=0.9998,
+        help="EMA decay per optimizer step (default: %(default)s)")
     # misc
     add("--seed", type=int, default=42, metavar="S", help="random seed, the same on every process (default: 42)")
     add("--log-interval", type=int, default=50, metavar="N",
@@ -848,6 +873,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                        help="the BN recalibration weights every batch equally (PyTorch's momentum=None) instead of "
                             "the original's momentum-0.1 moving average from the reset values; for short "
                             "recalibrations (a few batches of a small data set)")
+    add("--skip-corrupt-images", action="store_true",
+        help="skip and count undecodable images of the ImageNet folders instead of stopping at the first")
+    add_distributed_args(parser)
     add_tracking_args(parser, "dsnet")
     parser.set_defaults(**CONFIG_ONLY_DEFAULTS)
     return parser

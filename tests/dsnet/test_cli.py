@@ -134,6 +134,20 @@ def test_resume_stage_one_continues_at_the_next_epoch(stages, tmp_path, capsys):
     assert ckpt["epoch"] == 2
 
 
+def test_resume_keeps_the_best_metric_and_its_epoch(stages, tmp_path, capsys):
+    out, _, _ = stages
+    last = torch.load(out / STAGE_DIRS["supernet"] / "last.pth.tar", weights_only=True)
+    assert last["best_epoch"] == 0 and last["best_metric"] == last["metric"]
+    last["best_metric"] = 100.0  # a best the resumed epoch cannot beat
+    torch.save(last, tmp_path / "last.pth.tar")
+    main(parse_args(["-c", str(CONFIGS / "mobilenetv1_bn_uniform.yml"), "--resume", str(tmp_path / "last.pth.tar"),
+                     "--output", str(tmp_path / "run"), "--no-mlflow"] + TINY + ["--epochs", "2"]))
+    assert "*** Best metric: 100.0000 (epoch 0)" in capsys.readouterr().out
+    folder = tmp_path / "run" / STAGE_DIRS["supernet"]
+    assert not (folder / "model_best.pth.tar").exists()  # never replaced by a worse model
+    assert torch.load(folder / "last.pth.tar", weights_only=True)["best_epoch"] == 0
+
+
 def test_two_process_gloo_run_with_bn_recalibration(tmp_path):
     """Stage I and its BN recalibration under torchrun (2 processes, Gloo); the recalibration repeats the short
     loader on every rank (a rank that stops early would leave the others waiting for ever)."""
@@ -302,12 +316,23 @@ def _cli_error(argv: list[str], capsys, tmp_path: Path) -> str:
     (["--opt", "nosuchopt"], ["--opt nosuchopt"]),
     (["--sched", "nosuchsched"], ["--sched nosuchsched"]),
     (["--eval-metric", "top1"], ["--eval-metric top1 is not one of: prec1, prec5, loss"]),
+    (["--lr", "nan"], ["argument --lr: 'nan' is not a finite number"]),
+    (["--weight-decay=-1"], ["argument --weight-decay: '-1' is negative"]),
     (["-b", "4096"], ["fewer than one batch of -b 4096"]),
 ])
 def test_bad_flags(extra, needles, capsys, tmp_path):
     line = _cli_error(TINY + extra, capsys, tmp_path)
     for needle in needles:
         assert needle in line, line
+
+
+def test_an_output_base_that_is_a_file_is_refused_before_any_work(capsys, tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(SystemExit) as exit_info:
+        cli(TINY + ["--output", str(tmp_path / "taken"), "--no-mlflow"])
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "is a file, so the folder cannot be created" in err and "\n" not in err
+    assert (tmp_path / "taken").read_text() == "mine"
 
 
 def test_bad_config_key_and_type(capsys, tmp_path):
