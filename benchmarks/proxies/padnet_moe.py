@@ -59,17 +59,19 @@ DENSE, MOE, PAD = ARMS
 
 @dataclass(frozen=True)
 class ProxySettings:
-    """The schedule, chosen on the dense arm alone (>= 80 % on the SST-2 dev set; seed 0 gave 78.1 % with 1,000
-    sentences at lr 2e-4, 76.5 % with 1,500 at 2e-4, 80.2 % with 2,000 at 1e-4): 2,000 training sentences in
-    batches of 16 grouped by length, 1 epoch, AdamW at lr 1e-4 with linear decay, at most 64 tokens. Seed 1 of
-    the same setting gives 75.6 %, so the two-seed dense mean stays below 80 %."""
+    """The schedule, chosen on the dense arm alone (>= 80 % mean dev accuracy over the demo's two seeds) before
+    MoE and PAD-MoE ran with it: 2,000 training sentences in batches of 8 grouped by length, 1 epoch, AdamW at lr
+    1e-4 with linear decay, at most 64 tokens (seeds 0 / 1: 80.6 / 79.6 %). Tried before it, all 1 epoch: 1,000
+    sentences at lr 2e-4 (seed 0: 78.1 %), 1,500 at 2e-4 (76.5 %), 2,000 in batches of 16 at 1e-4 (80.2 / 75.6 %),
+    2,000 in batches of 8 at 5e-5 (77.9 / 79.6 %). The dense baseline is close to the 80 % bar: one epoch on 2,000
+    short SST-2 phrases, with a freshly initialised pooler and classifier on a sentence-embedding encoder."""
 
     seeds: int = 2
     train_samples: int | None = 2000
     eval_samples: int | None = None
     epochs: float = 1.0
     lr: float = 1e-4
-    batch: int = 16
+    batch: int = 8
     max_seq_length: int = 64
     sst2: bool = True  # False: the generated SST-2-format task (--tiny)
     mac_sentences: int = 64  # dev sentences whose MACs are averaged
