@@ -136,22 +136,15 @@ def speed_rows(output_dir: Path) -> list[dict[str, str]]:
     return _rows(path) if path.is_file() else []
 
 
-def format_speed_table(rows: Sequence[dict[str, str]], kind: str = "inference") -> str:
-    """Inference: img/s, realised vs ideal speed-up, their ratio and the done-when target. Training: step time
-    against the plain backbone's."""
-    rows = [r for r in rows if r["kind"] == kind]
-    if kind == "inference":
-        body = [[r["paper"], r["model"], r["config"], r["batch_size"], f"{float(r['images_per_s']):.1f}",
-                 f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x",
-                 f"{float(r['efficiency']):.2f}", r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""]
-                for r in rows]
-        return markdown_table(["paper", "model", "configuration", "batch", "img/s", "realised speed-up",
-                          "ideal (MAC ratio)", "realised / ideal", "target", "meets", "realised behaviour"], body)
-    body = [[r["paper"], r["model"], r["config"], r["batch_size"], f"{1e3 * float(r['median_s']):.1f}",
-             f"{1e3 * float(r['baseline_s']):.1f}", f"{float(r['overhead']):.2f}x", r["realised"] or ""]
-            for r in rows]
-    return markdown_table(["paper", "backbone", "training step", "batch", "ms / step", "plain step (ms)",
-                      "overhead vs plain", "what the step runs"], body)
+def format_speed_table(rows: Sequence[dict[str, str]]) -> str:
+    """img/s, realised vs ideal speed-up (with the spread over rounds), their ratio and the target."""
+    body = [[r["paper"], r["model"], r["config"], r["batch_size"],
+             f"{float(r['images_per_s']):.1f} ({float(r['images_per_s_low']):.1f}-{float(r['images_per_s_high']):.1f})",
+             f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x", f"{float(r['efficiency']):.2f}",
+             r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""] for r in rows]
+    return markdown_table(["paper", "model", "configuration", "batch", "img/s (slowest-fastest round)",
+                           "realised speed-up", "ideal (MAC ratio)", "realised / ideal", "target", "meets",
+                           "realised behaviour"], body)
 
 
 def speed_header(rows: Sequence[dict[str, str]], output_dir: Path) -> str:
@@ -242,7 +235,7 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
     if speed:
         lines += [f"{h}# Speed: measured against ideal (`benchmarks/speed.py`)", "",
                   speed_header(speed, output_dir), "",
-                  format_speed_table(speed, "inference"), ""]
+                  format_speed_table(speed), ""]
         short = [r for r in speed if r.get("profile")]
         if short:
             lines += ["Below target, where the time goes (`torch.profiler` on the same images):", ""]
