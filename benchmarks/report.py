@@ -140,8 +140,9 @@ def format_speed_table(rows: Sequence[dict[str, str]]) -> str:
     """img/s, realised vs ideal speed-up (with the spread over rounds), their ratio and the target."""
     body = [[r["paper"], r["model"], r["config"], r["batch_size"],
              f"{float(r['images_per_s']):.1f} ({float(r['images_per_s_low']):.1f}-{float(r['images_per_s_high']):.1f})",
-             f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x", f"{float(r['efficiency']):.2f}",
-             r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""] for r in rows]
+             f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x",
+             f"{float(r['efficiency']):.2f}", r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""]
+            for r in rows]
     return markdown_table(["paper", "model", "configuration", "batch", "img/s (slowest-fastest round)",
                            "realised speed-up", "ideal (MAC ratio)", "realised / ideal", "target", "meets",
                            "realised behaviour"], body)
