@@ -281,9 +281,10 @@ def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequen
     text = readme.read_text()
     prefix = os.path.relpath(output_dir, readme.parent).rstrip("/") + "/"
     section = build_report(output_dir, command, outcomes, link_prefix=prefix, heading_level=2).strip()
-    intro = (f"`make demo` (`python -m benchmarks.run_all`) runs every paper's table (computational columns against "
-             "the paper) and proxy experiments (the paper's claims measured on embedded real data through the "
-             f"subprojects' entry points, with a verdict per claim) and a short speed stage, and writes "
+    intro = ("`make demo` (`python -m benchmarks.run_all --update-readme`; its wall clock is the last row of the "
+             "runs table) runs every paper's table (computational columns against the paper) and proxy experiments "
+             "(the paper's claims measured on embedded real data through the subprojects' entry points, with a "
+             "verdict per claim) and a short speed stage, and writes "
              f"`{prefix}claims.csv`, `{prefix}proxies.csv`, each paper's reports, CSVs and plots and "
              f"`{prefix}README.md`; `make speed` (`python -m benchmarks.speed`) runs the complete speed benchmark. "
              "This section is generated from those files by `python -m benchmarks.report --update-readme` (or "
