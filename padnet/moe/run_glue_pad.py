@@ -370,6 +370,11 @@ def parse_args(argv: list[str] | None = None):
             args=argv)
     except ValueError as err:  # TrainingArguments.__post_init__ rejects bad combinations with ValueError
         raise GlueArgumentError(str(err).splitlines()[0]) from None
+    for name in ("learning_rate", "weight_decay", "max_grad_norm", "num_train_epochs", "warmup_steps",
+                 "adam_beta1", "adam_beta2", "adam_epsilon"):
+        value = getattr(training_args, name, 0.0)
+        if not math.isfinite(value) or value < 0:
+            raise GlueArgumentError(f"--{name} must be a finite number >= 0, got {value}")
     if not 0.0 < prune_args.sparsity <= 1.0:
         raise GlueArgumentError(f"--sparsity is the dynamic ratio kappa and must lie in (0, 1], "
                                 f"got {prune_args.sparsity}")

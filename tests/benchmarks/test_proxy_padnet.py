@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmarks import tables
 from benchmarks.proxies.padnet import ARMS, DY, PAD3, PAD5, RAND3, STATIC, TINY, main, run_arm
@@ -14,7 +15,17 @@ VERDICTS = {"reproduced", "not reproduced", "inconclusive"}
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def one_thread():
+    """One torch thread, as ``make demo`` runs every proxy (``run_all --jobs 2``): at one thread a run is
+    bit-reproducible; at two, the DY-Conv kernels' parallel reductions may round differently from run to run."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, one_thread):
     out = tmp_path_factory.mktemp("padnet_proxy")
     assert run_cli(main, ["--tiny", "--output-dir", str(out)], prog="proxies.padnet") == 0
     return out

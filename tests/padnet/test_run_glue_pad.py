@@ -225,6 +225,9 @@ def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsy
     (["--train_file", "/nonexistent/train.csv"], "/nonexistent/train.csv does not exist"),
     (["--validation_file", "dev.csv"], "need --train_file"),
     (["--train_file", "t.csv", "--task_name", "sst2"], "replace --task_name and --data_dir"),
+    (["--learning_rate", "nan"], "--learning_rate must be a finite number >= 0, got nan"),
+    (["--weight_decay", "-0.1"], "--weight_decay must be a finite number >= 0, got -0.1"),
+    (["--sparsity", "nan"], "--sparsity"),
 ])
 def test_bad_inputs_give_one_line_and_exit_2(argv, message, tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
