@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,8 @@ import pandas as pd
 import torch
 from scipy import stats
 from torch.utils.data import Dataset, Subset
+
+from common.errors import UserError
 
 VERDICT_RULE = ("95 % Student-t interval of the per-seed paired difference (oriented so > 0 supports the claim): "
                 "reproduced if it lies wholly above -margin, not reproduced if wholly below, else inconclusive; "
@@ -154,3 +156,19 @@ def write_proxy_results(output_dir: Path, name: str, arms: Sequence[dict[str, An
     (:data:`CLAIM_COLUMNS`), which ``run_all`` gathers into ``proxies.csv`` and ``claims.csv``."""
     write_csv(output_dir / f"{name}_proxies.csv", arms, PROXY_COLUMNS)
     write_csv(output_dir / f"{name}_claims.csv", claims, CLAIM_COLUMNS)
+
+
+# ------------------------------------------------------------------------------------------------ proxies
+def proxy_settings(args: Any, demo: Any, full: Any, tiny: Any, counts: Sequence[str] = ("seeds",)) -> Any:
+    """A proxy's settings dataclass: ``full`` with ``--full``, ``tiny`` with ``--tiny``, else ``demo``; the
+    integer flags named in ``counts`` (``--seeds``, ``--epochs``, ...) replace their fields when given."""
+    if args.full and args.tiny:
+        raise UserError("--full and --tiny exclude each other")
+    settings = full if args.full else tiny if args.tiny else demo
+    for flag in counts:
+        value = getattr(args, flag)
+        if value is not None:
+            if value < 1:
+                raise UserError(f"--{flag} must be at least 1, got {value}")
+            settings = replace(settings, **{flag: value})
+    return settings

@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -56,7 +56,7 @@ from adn.models import create_model
 from adn.weights import load_weights
 from benchmarks import tables
 from common.data import build_loader
-from common.errors import ArgumentParser, UserError, run_cli
+from common.errors import ArgumentParser, run_cli
 
 NAME = "adn"
 PAPER = "ADN"
@@ -90,10 +90,6 @@ class ProxySettings:
 DEMO = ProxySettings()
 FULL = ProxySettings(seeds=5, epochs=8)
 TINY = ProxySettings(seeds=1, epochs=1, recalibration_samples=64)
-
-
-class ProxyError(UserError):
-    """A bad flag of the proxy."""
 
 
 def entry_argv(settings: ProxySettings, seed: int, output_dir: Path) -> list[str]:
@@ -279,18 +275,7 @@ def write_report(path: Path, command: str, settings: ProxySettings, arms: list[d
 
 
 def settings_from(args) -> ProxySettings:
-    if args.full and args.tiny:
-        raise ProxyError("--full and --tiny exclude each other")
-    settings = FULL if args.full else TINY if args.tiny else DEMO
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ProxyError(f"--seeds must be at least 1, got {args.seeds}")
-        settings = replace(settings, seeds=args.seeds)
-    if args.epochs is not None:
-        if args.epochs < 1:
-            raise ProxyError(f"--epochs must be at least 1, got {args.epochs}")
-        settings = replace(settings, epochs=args.epochs)
-    return settings
+    return tables.proxy_settings(args, DEMO, FULL, TINY, ("seeds", "epochs"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

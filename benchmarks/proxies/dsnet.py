@@ -48,7 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,7 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import tables
-from common.errors import ArgumentParser, UserError, run_cli
+from common.errors import ArgumentParser, run_cli
 from dsnet import train
 from dsnet.madds import executed_macs
 from dsnet.models import create_model
@@ -88,10 +88,6 @@ class ProxySettings:
 DEMO = ProxySettings()
 FULL = ProxySettings(seeds=5, stage1_epochs=12, gate_epochs=4)
 TINY = ProxySettings(seeds=1, img_size=8, batch=128, stage1_epochs=2, warmup_epochs=0, gate_epochs=1, bn_batches=2)
-
-
-class ProxyError(UserError):
-    """A bad flag of the proxy."""
 
 
 @dataclass
@@ -275,14 +271,7 @@ def write_report(path: Path, command: str, settings: ProxySettings, arms: list[d
 
 
 def settings_from(args) -> ProxySettings:
-    if args.full and args.tiny:
-        raise ProxyError("--full and --tiny exclude each other")
-    settings = FULL if args.full else TINY if args.tiny else DEMO
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ProxyError(f"--seeds must be at least 1, got {args.seeds}")
-        settings = replace(settings, seeds=args.seeds)
-    return settings
+    return tables.proxy_settings(args, DEMO, FULL, TINY, ("seeds",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmarks import tables
-from common.errors import ArgumentParser, UserError, run_cli
+from common.errors import ArgumentParser, run_cli
 from dyt import main_image
 from dyt.data import num_classes_of
 from dyt.flops import executed_macs_per_sample
@@ -103,10 +103,6 @@ class ProxySettings:
 DEMO = ProxySettings()
 FULL = ProxySettings(seeds=5, pretrain_epochs=30, epochs=12)
 TINY = ProxySettings(seeds=1, pretrain_epochs=2, epochs=1)
-
-
-class ProxyError(UserError):
-    """A bad flag of the proxy."""
 
 
 def _common(batch: int, epochs: int, seed: int, output_dir: Path) -> list[str]:
@@ -306,14 +302,7 @@ def write_report(path: Path, command: str, settings: ProxySettings, source_acc: 
 
 
 def settings_from(args) -> ProxySettings:
-    if args.full and args.tiny:
-        raise ProxyError("--full and --tiny exclude each other")
-    settings = FULL if args.full else TINY if args.tiny else DEMO
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ProxyError(f"--seeds must be at least 1, got {args.seeds}")
-        settings = replace(settings, seeds=args.seeds)
-    return settings
+    return tables.proxy_settings(args, DEMO, FULL, TINY, ("seeds",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

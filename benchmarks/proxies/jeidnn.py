@@ -334,13 +334,7 @@ def write_report(path: Path, command: str, settings: ProxySettings, arms: list[d
 
 
 def settings_from(args) -> ProxySettings:
-    if args.full and args.tiny:
-        raise ProxyError("--full and --tiny exclude each other")
-    settings = FULL if args.full else TINY if args.tiny else DEMO
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ProxyError(f"--seeds must be at least 1, got {args.seeds}")
-        settings = replace(settings, seeds=args.seeds)
+    settings = tables.proxy_settings(args, DEMO, FULL, TINY)
     if args.lambdas is not None:
         if any(lam < 0 for lam in args.lambdas):
             raise ProxyError(f"--lambdas must be 0 or more, got {' '.join(map(str, args.lambdas))}")

@@ -48,14 +48,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks import tables
-from common.errors import ArgumentParser, UserError, run_cli
+from common.errors import ArgumentParser, run_cli
 from padnet.dyconv import main as dyconv_main
 from padnet.dyconv.counting import count_model_macs, deployed_params, stored_params
 from padnet.dyconv.deploy import deploy
@@ -100,10 +100,6 @@ class ProxySettings:
 DEMO = ProxySettings()
 FULL = ProxySettings(seeds=5, epochs=12)
 TINY = ProxySettings(seeds=1, epochs=2, prune_batches=2)
-
-
-class ProxyError(UserError):
-    """A bad flag of the proxy."""
 
 
 def entry_argv(settings: ProxySettings, arm: str, seed: int, checkpoint_dir: Path) -> list[str]:
@@ -254,17 +250,8 @@ def write_report(path: Path, command: str, settings: ProxySettings, arms: list[d
     path.write_text("\n".join(lines))
 
 
-def settings_from(args: Any) -> ProxySettings:
-    if args.full and args.tiny:
-        raise ProxyError("--full and --tiny exclude each other")
-    settings = FULL if args.full else TINY if args.tiny else DEMO
-    for flag in ("seeds", "epochs"):
-        value = getattr(args, flag)
-        if value is not None:
-            if value < 1:
-                raise ProxyError(f"--{flag} must be at least 1, got {value}")
-            settings = replace(settings, **{flag: value})
-    return settings
+def settings_from(args) -> ProxySettings:
+    return tables.proxy_settings(args, DEMO, FULL, TINY, ("seeds", "epochs"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,11 +37,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks import tables
-from common.errors import ArgumentParser, UserError, run_cli
+from common.errors import ArgumentParser, run_cli
 from common.flops import count_macs
 from padnet.moe import run_glue_pad
 
@@ -81,10 +81,6 @@ DEMO = ProxySettings()
 FULL = ProxySettings(seeds=5, train_samples=8000)
 TINY = ProxySettings(seeds=1, train_samples=64, eval_samples=48, epochs=2.0, lr=3e-4, batch=8, max_seq_length=24,
                      sst2=False, mac_sentences=4)
-
-
-class ProxyError(UserError):
-    """A bad flag of the proxy."""
 
 
 def run_argv(settings: ProxySettings, arm: str, seed: int, output_dir: Path) -> list[str]:
@@ -199,14 +195,7 @@ def write_report(path: Path, command: str, settings: ProxySettings, arms: list[d
 
 
 def settings_from(args) -> ProxySettings:
-    if args.full and args.tiny:
-        raise ProxyError("--full and --tiny exclude each other")
-    settings = FULL if args.full else TINY if args.tiny else DEMO
-    if args.seeds is not None:
-        if args.seeds < 1:
-            raise ProxyError(f"--seeds must be at least 1, got {args.seeds}")
-        settings = replace(settings, seeds=args.seeds)
-    return settings
+    return tables.proxy_settings(args, DEMO, FULL, TINY, ("seeds",))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
