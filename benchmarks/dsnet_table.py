@@ -62,7 +62,7 @@ def _plain(head: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The README's sub-networks (spec Sec. 9)
+# The README's sub-networks (MAdds in the original's add_flops convention, dsnet/madds.py)
 # --------------------------------------------------------------------------------------------------------------
 
 def load_paper_table(path: str | Path) -> dict[str, Any]:
@@ -266,7 +266,7 @@ def write_markdown(path: Path, command: str, seconds: float, table: dict[str, An
                    claims: list[dict[str, str]]) -> None:
     lines = ["# DS-Net: the README's sub-networks and the abstract's claims", "", f"Command: `{command}`", "",
              f"Machine: {machine_info()}. Wall time: {seconds:.0f} s.", "",
-             "## MAdds of the README's 14 sub-networks (spec Sec. 9)", "",
+             "## MAdds of the README's 14 sub-networks (the original's counter convention)", "",
              f"{table['model']}, 1x3x{table['img_size']}x{table['img_size']}. `MAdds (ours)`: dsnet.madds with "
              "the original's convention; `original counter`: the value the original code gives; `README`: "
              "as printed (ours must round to it); `executed MACs`: conv + linear multiply-adds counted by "

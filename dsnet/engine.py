@@ -188,8 +188,9 @@ def reset_bn(model: nn.Module, loader: Any, num_choice: int, *, device: torch.de
     stops after at most one pass over the loader; here the loader is repeated until ``max_batches`` batches ran,
     which is the same on ImageNet (1001 batches are a fraction of an epoch) and keeps a small dataset's estimates
     from staying close to the reset values. With ``include_largest`` the ``largest`` widths are recalibrated too
-    (the original leaves them reset: quirk 11). With ``cumulative`` every batch's statistics get the same weight
-    (PyTorch's ``momentum=None``) instead of the moving average, so nothing of the reset values remains: after
+    (the original leaves them reset; dsnet/README.md, "Differences"). With ``cumulative`` every batch's
+    statistics get the same weight (PyTorch's ``momentum=None``) instead of the moving average, so nothing of the
+    reset values remains: after
     ``n`` batches the moving average still holds ``0.9 ** n`` of the reset variance 1, which swamps channels whose
     true variance is smaller (a short run on a small data set has such channels). Under torchrun the statistics
     are then averaged (``reduce``) or broadcast from rank 0 across processes.

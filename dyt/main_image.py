@@ -128,7 +128,7 @@ def model_img_size(model: nn.Module) -> int:
 
 
 def create_model(args: argparse.Namespace, nb_classes: int) -> nn.Module:
-    """The DyT ViT of ``--model`` with the adapter and dispatcher flags (spec Sec. b.1, b.2, b.5, b.6), and the
+    """The DyT ViT of ``--model`` with the paper's adapter and token-dispatcher flags, and the
     ``--token_mask`` control (not in the original) at rate ``--token_target_ratio``."""
     model = build_model(model_name(args), num_classes=nb_classes, ffn_num=args.ffn_num, adapter_scale=args.scale,
                         dispatch=args.dispatch, moe_experts=args.moe_experts, moe_router=args.moe_router,
