@@ -172,3 +172,10 @@ def proxy_settings(args: Any, demo: Any, full: Any, tiny: Any, counts: Sequence[
                 raise UserError(f"--{flag} must be at least 1, got {value}")
             settings = replace(settings, **{flag: value})
     return settings
+
+
+def print_summary(arms: Sequence[dict[str, Any]], claims: Sequence[Claim], report: Path, cpu_seconds: float) -> None:
+    """What a proxy prints at the end: its arms, its claims with their verdicts, and where the report is."""
+    print(markdown(arms))
+    print(markdown(frame(claims, ["claim", "ours", "ci95", "verdict"])))
+    print(f"wrote {report} (CPU time {cpu_seconds:.0f} s)")

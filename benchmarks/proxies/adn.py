@@ -297,9 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu_seconds = time.process_time() - start
     write_report(output_dir / f"{NAME}_proxy.md", "python -m benchmarks.proxies.adn " + shlex.join(argv), settings,
                  arms, claims, runs, macs, cpu_seconds)
-    print(tables.markdown(arms))
-    print(tables.markdown(tables.frame(claims, ["claim", "ours", "ci95", "verdict"])))
-    print(f"wrote {output_dir / (NAME + '_proxy.md')} (CPU time {cpu_seconds:.0f} s)")
+    tables.print_summary(arms, claims, output_dir / f"{NAME}_proxy.md", cpu_seconds)
     return 0
 
 
