@@ -201,15 +201,18 @@ def dynamic_layers(model: nn.Module) -> list[tuple[str, DynamicConvBase]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, DynamicConvBase)]
 
 
-def pad_layers(model: nn.Module) -> list[tuple[str, PAD_DynamicConvolution]]:
-    """Every :class:`PAD_DynamicConvolution` of ``model`` with its qualified name, in module order."""
-    return [(name, m) for name, m in model.named_modules() if isinstance(m, PAD_DynamicConvolution)]
+def pad_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every PAD layer of ``model`` with its qualified name, in module order: each layer holding the mode mask
+    buffer ``kernels_weights_mask`` over ``kernels_weights`` and ``weight`` (the original's names), i.e. every
+    :class:`PAD_DynamicConvolution` and every ODConv ``ODConv2d_PAD`` (:mod:`padnet.dyconv.odconv`)."""
+    return [(name, m) for name, m in model.named_modules()
+            if isinstance(getattr(m, "kernels_weights_mask", None), torch.Tensor)]
 
 
 def is_pad_model(model: nn.Module) -> bool:
     """Whether ``model`` has PAD layers, i.e. needs Iterative Mode Partition before training (for every PAD type;
     the original's case-sensitive ``'pad' in type`` missed ``DyResNet*_PAD`` and ``Dymobilenetv2_PAD``)."""
-    return any(isinstance(m, PAD_DynamicConvolution) for m in model.modules())
+    return bool(pad_layers(model))
 
 
 def imp_masks(model: nn.Module) -> dict[str, ModeMask]:

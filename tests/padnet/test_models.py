@@ -92,7 +92,7 @@ def test_spec_table_numbers():
     assert len(pad_layers(pad50)) == 52 and len(pad_layers(pad_mbv2)) == 51
 
 
-@pytest.mark.parametrize("type_name", list(MODELS))
+@pytest.mark.parametrize("type_name", [t for t in MODELS if not t.startswith("od_")])  # ODConv: test_odconv.py
 def test_every_model_runs_small(type_name):
     torch.manual_seed(0)
     kwargs = {"scale": 0.125} if "esNet" in type_name or type_name.startswith("resnet") else {"width_multiplier": 0.35}

@@ -15,6 +15,17 @@ from torch import nn
 from common.errors import UserError
 from padnet.dyconv.layers import LAMBDAS
 from padnet.dyconv.models.mobilenetv2 import DyMobileNetV2, Dymobilenetv2, Dymobilenetv2_PAD, mobilenetv2
+from padnet.dyconv.models.mobilenetv2_odconv import (
+    OD_MobileNetV2,
+    od_mobilenetv2,
+    od_mobilenetv2_050,
+    od_mobilenetv2_050_pad,
+    od_mobilenetv2_075,
+    od_mobilenetv2_075_pad,
+    od_mobilenetv2_100,
+    od_mobilenetv2_100_pad,
+    od_mobilenetv2_pad,
+)
 from padnet.dyconv.models.resnet import (
     DyResNet,
     DyResNet10,
@@ -28,15 +39,36 @@ from padnet.dyconv.models.resnet import (
     resnet18,
     resnet50,
 )
+from padnet.dyconv.models.resnet_odconv import (
+    OD_ResNet,
+    od_resnet10,
+    od_resnet10_pad,
+    od_resnet18,
+    od_resnet18_pad,
+    od_resnet34,
+    od_resnet34_pad,
+    od_resnet50,
+    od_resnet50_pad,
+    od_resnet101,
+    od_resnet101_pad,
+)
 
-__all__ = ["MODELS", "DyMobileNetV2", "DyResNet", "ModelConfigError", "StaticResNet", "build_model",
-           "checkpoint_filter_fn"]
+__all__ = ["MODELS", "DyMobileNetV2", "DyResNet", "ModelConfigError", "OD_MobileNetV2", "OD_ResNet", "StaticResNet",
+           "build_model", "checkpoint_filter_fn"]
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet10": resnet10, "resnet18": resnet18, "resnet50": resnet50,
     "DyResNet10": DyResNet10, "DyResNet18": DyResNet18, "DyResNet50": DyResNet50,
     "DyResNet10_PAD": DyResNet10_PAD, "DyResNet18_PAD": DyResNet18_PAD, "DyResNet50_PAD": DyResNet50_PAD,
     "mobilenetv2": mobilenetv2, "Dymobilenetv2": Dymobilenetv2, "Dymobilenetv2_PAD": Dymobilenetv2_PAD,
+    # ODConv and ODConv-PAD (padnet/dyconv/odconv.py)
+    "od_resnet10": od_resnet10, "od_resnet18": od_resnet18, "od_resnet34": od_resnet34, "od_resnet50": od_resnet50,
+    "od_resnet101": od_resnet101, "od_resnet10_pad": od_resnet10_pad, "od_resnet18_pad": od_resnet18_pad,
+    "od_resnet34_pad": od_resnet34_pad, "od_resnet50_pad": od_resnet50_pad, "od_resnet101_pad": od_resnet101_pad,
+    "od_mobilenetv2": od_mobilenetv2, "od_mobilenetv2_050": od_mobilenetv2_050,
+    "od_mobilenetv2_075": od_mobilenetv2_075, "od_mobilenetv2_100": od_mobilenetv2_100,
+    "od_mobilenetv2_pad": od_mobilenetv2_pad, "od_mobilenetv2_050_pad": od_mobilenetv2_050_pad,
+    "od_mobilenetv2_075_pad": od_mobilenetv2_075_pad, "od_mobilenetv2_100_pad": od_mobilenetv2_100_pad,
 }
 
 
@@ -58,7 +90,8 @@ def build_model(type_name: str, **kwargs) -> nn.Module:
     if "Lambda" in kwargs and kwargs["Lambda"] not in (*LAMBDAS, "none"):
         raise ModelConfigError(f"unknown Lambda {kwargs['Lambda']!r} for {type_name}; choose one of: "
                                "none (no scaling), both, s, d")
-    for key in ("scale", "width_multiplier", "num_classes", "nof_kernels", "reduce"):
+    for key in ("scale", "width_multiplier", "num_classes", "nof_kernels", "reduce", "width_mult", "kernel_num",
+                "reduction", "in_planes"):
         if key in kwargs and not (isinstance(kwargs[key], (int, float)) and kwargs[key] > 0):
             raise ModelConfigError(f"model kwarg {key} must be a positive number, got {kwargs[key]!r}")
     return factory(**kwargs)

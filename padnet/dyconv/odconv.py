@@ -1,0 +1,396 @@
+"""ODConv (omni-dimensional dynamic convolution, Li, Zhou and Yao, ICLR 2022, Sec. 3.2) and its PAD variant
+(PAD-Net, ACL 2023, Sec. 3.1-3.2, Eq. 3-5), with the parameter names of the original ``model/layer/odconv.py``.
+
+* :class:`ODConv2d`: ``K`` kernels ``W_k`` (``kernels_weights``) modulated by four attentions computed from
+  ``GAP(x)`` through ``fc -> BN -> ReLU`` and one head each (:class:`ODAttention`): the input-channel attention
+  ``c(x) = sigmoid(channel_fc / T)``, the output-filter attention ``f(x) = sigmoid(filter_fc / T)`` (none for a
+  depthwise conv), the spatial attention ``s(x) = sigmoid(spatial_fc / T)`` over the ``k x k`` positions (none for
+  ``k = 1``) and the kernel attention ``a(x) = softmax(kernel_fc / T)`` (none for ``K = 1``)::
+
+      y = f(x) ⊙ conv(c(x) ⊙ x, s(x) ⊙ sum_k a_k(x) W_k)
+
+  (multiplying ``c`` and ``f`` into the input and the output equals multiplying them into the kernel).
+* :class:`ODConv2d_PAD`: the kernel becomes partially dynamic with the mode mask ``M`` (one entry per kernel
+  position, shared by the ``K`` factors) and the static kernel ``weight``::
+
+      W_hat(x) = lambda_d * M ⊙ s(x) ⊙ sum_k a_k(x) W_k + lambda_s * (1 - M) ⊙ weight
+
+  and each of the channel, filter and spatial attentions mixes a learnt static attention with its dynamic one,
+  ``lambda_s' * att + lambda_d' * sigmoid(head / T)``, with its own scale logit (:class:`ODAttention_PAD`). The
+  original adds a second sum over the output-channel axis after the masked combination, which collapses the
+  kernel's output channels and makes every forward fail; here the combination is the kernel itself.
+* :class:`DeployedODConv2d_PAD` / :func:`deploy`: the inference form after Iterative Mode Partition, storing only
+  the ``K D`` dynamic factors and the ``N - D`` static values (``padnet/README.md``, "ODConv").
+
+The per-sample kernels run as one grouped convolution over the batch, as in the original. The kernel aggregation
+``sum_k a_k W_k`` is one matrix product (``K N`` MACs, counted by :func:`od_aggregation_macs`).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from padnet.dyconv.layers import INITIAL_TEMPERATURE, DynamicNet, check_lambda, scale_factors
+
+__all__ = ["MIN_ATTENTION_CHANNELS", "REDUCTION", "DeployedODConv2d_PAD", "ODAttention", "ODAttention_PAD",
+           "ODConv2d", "ODConv2d_PAD", "ODNet", "deploy", "od_aggregation_macs", "od_deployed_params", "od_layers",
+           "od_param_breakdown"]
+
+REDUCTION = 0.0625         # attention width = max(int(in_planes * reduction), min_channel), the original's defaults
+MIN_ATTENTION_CHANNELS = 16
+
+
+def _he_fan_out_(tensor: torch.Tensor) -> None:
+    """``kaiming_normal_(mode='fan_out', nonlinearity='relu')``: N(0, 2 / (out * kh * kw)) of a conv weight."""
+    nn.init.kaiming_normal_(tensor, mode="fan_out", nonlinearity="relu")
+
+
+def _per_sample_conv(x: torch.Tensor, kernels: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """Convolve sample ``b`` of ``x`` with ``kernels[b]`` (B, O, I/g, k, k): one conv with ``groups * B`` groups."""
+    batch = x.shape[0]
+    out = F.conv2d(x.reshape(1, -1, *x.shape[-2:]), kernels.reshape(-1, *kernels.shape[-3:]), None, conv.stride,
+                   conv.padding, conv.dilation, conv.groups * batch)
+    return out.view(batch, -1, *out.shape[-2:])
+
+
+class _ODShape(nn.Module):
+    """What every ODConv layer shares: the conv arguments, the kernel shape and the attention temperature."""
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int, padding: int, dilation: int,
+                 groups: int, kernel_num: int):
+        super().__init__()
+        if not isinstance(kernel_size, int) or kernel_size < 1:
+            raise ValueError(f"ODConv takes one square kernel size (an int), got {kernel_size!r}")
+        if in_planes % groups or out_planes % groups:
+            raise ValueError(f"in_planes {in_planes} and out_planes {out_planes} must divide by groups {groups}")
+        if kernel_num < 1:
+            raise ValueError(f"kernel_num must be at least 1, got {kernel_num}")
+        self.in_planes, self.out_planes, self.kernel_size = in_planes, out_planes, kernel_size
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.kernel_num = kernel_num
+        self.temperature = INITIAL_TEMPERATURE
+
+    @property
+    def kernel_shape(self) -> tuple[int, int, int, int]:
+        """(out, in / groups, k, k): the shape of one kernel."""
+        return (self.out_planes, self.in_planes // self.groups, self.kernel_size, self.kernel_size)
+
+    @property
+    def num_positions(self) -> int:
+        """N: the entries of one kernel."""
+        return math.prod(self.kernel_shape)
+
+    def _temperature(self, temperature: float | None) -> float:
+        return self.temperature if temperature is None else temperature
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_planes}, {self.out_planes}, kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, groups={self.groups}, kernel_num={self.kernel_num}")
+
+
+# ------------------------------------------------------------------------------------------------ attentions
+class ODAttention(nn.Module):
+    """The four ODConv attentions (the original ``Attention``): GAP -> ``fc`` (1x1, no bias) -> ``bn`` -> ReLU,
+    then ``channel_fc`` (sigmoid), ``filter_fc`` (sigmoid; absent for a depthwise conv), ``spatial_fc`` (sigmoid
+    over k*k; absent for k = 1) and ``kernel_fc`` (softmax over K; absent for K = 1), each divided by ``T``.
+
+    Returns ``(channel (B, I, 1, 1), filter (B, O, 1, 1) | None, spatial (B, k, k) | None, kernel (B, K) | None)``.
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, groups: int = 1,
+                 reduction: float = REDUCTION, kernel_num: int = 4, min_channel: int = MIN_ATTENTION_CHANNELS):
+        super().__init__()
+        hidden = max(int(in_planes * reduction), min_channel)
+        self.kernel_size, self.kernel_num = kernel_size, kernel_num
+        self.depthwise = in_planes == groups == out_planes
+        self.fc = nn.Conv2d(in_planes, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm2d(hidden)
+        self.channel_fc = nn.Conv2d(hidden, in_planes, 1)
+        self.filter_fc = None if self.depthwise else nn.Conv2d(hidden, out_planes, 1)
+        self.spatial_fc = nn.Conv2d(hidden, kernel_size * kernel_size, 1) if kernel_size != 1 else None
+        self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1) if kernel_num != 1 else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                _he_fan_out_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def squeeze(self, x: torch.Tensor) -> torch.Tensor:
+        """``ReLU(bn(fc(GAP(x))))`` (B, hidden, 1, 1), the input of every head."""
+        return F.relu(self.bn(self.fc(F.adaptive_avg_pool2d(x, 1))))
+
+    def kernel_attention(self, z: torch.Tensor, temperature: float) -> torch.Tensor | None:
+        if self.kernel_fc is None:
+            return None
+        return F.softmax(self.kernel_fc(z).flatten(1) / temperature, dim=1)
+
+    def forward(self, x: torch.Tensor, temperature: float):
+        z = self.squeeze(x)
+        batch, k = z.shape[0], self.kernel_size
+        channel = torch.sigmoid(self.channel_fc(z) / temperature)
+        filt = None if self.filter_fc is None else torch.sigmoid(self.filter_fc(z) / temperature)
+        spatial = None if self.spatial_fc is None else torch.sigmoid(
+            self.spatial_fc(z).view(batch, k, k) / temperature)
+        return channel, filt, spatial, self.kernel_attention(z, temperature)
+
+
+class ODAttention_PAD(ODAttention):  # noqa: N801 (the original class name)
+    """The PAD attentions (the original ``Attention_PAD``): the channel, filter and spatial heads are stored as
+    plain tensors ``<head>_fc_weight`` / ``<head>_fc_bias`` with a mask buffer ``<head>_fc_mask`` multiplied into
+    the weight (all ones; Iterative Mode Partition leaves them so) and mix a learnt static attention ``<head>_att``
+    with the dynamic one: ``lambda_s * att + lambda_d * sigmoid(head / T)``, with ``(lambda_d, lambda_s)`` from the
+    logit ``<head>_phi`` and ``Lambda`` (:func:`padnet.dyconv.layers.scale_factors`). ``kernel_fc`` is as in ODConv.
+
+    Initialisation (the original leaves these tensors uninitialised): head weights as ODConv's heads, zero biases,
+    static attentions and logits 0, so that a new layer computes exactly the ODConv attentions.
+    """
+
+    HEADS = ("channel", "filter", "spatial")
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, groups: int = 1,
+                 reduction: float = REDUCTION, kernel_num: int = 4, min_channel: int = MIN_ATTENTION_CHANNELS,
+                 Lambda: str | None = "both"):
+        nn.Module.__init__(self)
+        hidden = max(int(in_planes * reduction), min_channel)
+        self.kernel_size, self.kernel_num = kernel_size, kernel_num
+        self.depthwise = in_planes == groups == out_planes
+        self.Lambda = check_lambda(Lambda)
+        self.fc = nn.Conv2d(in_planes, hidden, 1, bias=False)
+        self.bn = nn.BatchNorm2d(hidden)
+        widths = {"channel": in_planes, "filter": None if self.depthwise else out_planes,
+                  "spatial": kernel_size * kernel_size if kernel_size != 1 else None}
+        self.heads = tuple(h for h in self.HEADS if widths[h] is not None)
+        for head in self.HEADS:  # the original registers every logit, used or not
+            self.register_parameter(f"{head}_phi", nn.Parameter(torch.zeros(1)))
+        for head in self.heads:
+            weight = nn.Parameter(torch.empty(widths[head], hidden, 1, 1))
+            _he_fan_out_(weight)
+            self.register_parameter(f"{head}_fc_weight", weight)
+            self.register_parameter(f"{head}_fc_bias", nn.Parameter(torch.zeros(widths[head])))
+            self.register_parameter(f"{head}_att", nn.Parameter(torch.zeros(1, widths[head], 1, 1)))
+        self.register_buffer("channel_fc_mask", torch.ones(in_planes, hidden, 1, 1))
+        for head in self.heads[1:]:
+            self.register_buffer(f"{head}_fc_mask", torch.ones(widths[head], 1, 1, 1))
+        self.kernel_fc = nn.Conv2d(hidden, kernel_num, 1) if kernel_num != 1 else None
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                _he_fan_out_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def _head(self, z: torch.Tensor, head: str, temperature: float) -> torch.Tensor:
+        logits = F.conv2d(z, getattr(self, f"{head}_fc_mask") * getattr(self, f"{head}_fc_weight"),
+                          getattr(self, f"{head}_fc_bias"))
+        lambda_d, lambda_s = scale_factors(self.Lambda, getattr(self, f"{head}_phi"))
+        return lambda_s * getattr(self, f"{head}_att") + lambda_d * torch.sigmoid(logits / temperature)
+
+    def forward(self, x: torch.Tensor, temperature: float):
+        z = self.squeeze(x)
+        batch, k = z.shape[0], self.kernel_size
+        channel = self._head(z, "channel", temperature)
+        filt = self._head(z, "filter", temperature) if "filter" in self.heads else None
+        spatial = self._head(z, "spatial", temperature).view(batch, k, k) if "spatial" in self.heads else None
+        return channel, filt, spatial, self.kernel_attention(z, temperature)
+
+    def extra_repr(self) -> str:
+        return f"Lambda={self.Lambda}"
+
+
+# ---------------------------------------------------------------------------------------------------- convs
+class ODConv2d(_ODShape):
+    """ODConv (Li et al. 2022, Sec. 3.2): ``kernels_weights`` (K, O, I/g, k, k), each kernel He-initialised
+    (fan out), and :class:`ODAttention`. With ``k = 1`` and ``K = 1`` it is a plain conv between the channel and
+    filter attentions, as in the original."""
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, reduction: float = REDUCTION, kernel_num: int = 4):
+        super().__init__(in_planes, out_planes, kernel_size, stride, padding, dilation, groups, kernel_num)
+        self.attention = ODAttention(in_planes, out_planes, kernel_size, groups, reduction, kernel_num)
+        self.kernels_weights = nn.Parameter(torch.empty(kernel_num, *self.kernel_shape))
+        for kernel in self.kernels_weights.data:
+            _he_fan_out_(kernel)
+
+    def dynamic_kernel(self, kernel: torch.Tensor | None, spatial: torch.Tensor | None,
+                       factors: torch.Tensor | None = None) -> torch.Tensor:
+        """``s ⊙ sum_k a_k W_k`` (B, O, I/g, k, k), or the single kernel (1, ...) when neither attention exists."""
+        factors = self.kernels_weights if factors is None else factors
+        if kernel is None:
+            aggregated = factors
+        else:
+            aggregated = (kernel @ factors.flatten(1)).view(kernel.shape[0], *factors.shape[1:])
+        if spatial is not None:
+            aggregated = aggregated * spatial[:, None, None]
+        return aggregated
+
+    def _convolve(self, x: torch.Tensor, kernel: torch.Tensor, filt: torch.Tensor | None) -> torch.Tensor:
+        if kernel.shape[0] == 1:  # one kernel for the whole batch
+            out = F.conv2d(x, kernel[0], None, self.stride, self.padding, self.dilation, self.groups)
+        else:
+            out = _per_sample_conv(x, kernel, self)
+        return out if filt is None else out * filt
+
+    def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        channel, filt, spatial, kernel = self.attention(x, self._temperature(temperature))
+        return self._convolve(x * channel, self.dynamic_kernel(kernel, spatial), filt)
+
+
+class ODConv2d_PAD(ODConv2d):  # noqa: N801 (the original class name)
+    """The partially dynamic ODConv of PAD-Net (Sec. 3.1-3.2, Eq. 5 applied to ODConv's kernel).
+
+    ``kernels_weights`` (K, O, I/g, k, k) are the dynamic factors, ``weight`` (1, O, I/g, k, k) the static kernel,
+    ``kernels_weights_mask`` (1, O, I/g, k, k) the mode mask (1 = dynamic; a buffer, all ones at init) that
+    Iterative Mode Partition sets, ``phi_d`` the kernel's scale logit (0 at init). ``Lambda`` (default "both", what
+    the original's models run) chooses the scale factors of the kernel and of the attentions (:func:`scale_factors`).
+    The static kernel is He-initialised like the factors (the original leaves it ``N(0, 1)``).
+    """
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
+                 dilation: int = 1, groups: int = 1, reduction: float = REDUCTION, kernel_num: int = 4,
+                 Lambda: str | None = "both"):
+        _ODShape.__init__(self, in_planes, out_planes, kernel_size, stride, padding, dilation, groups, kernel_num)
+        self.Lambda = check_lambda(Lambda)
+        self.phi_d = nn.Parameter(torch.zeros(1))
+        self.attention = ODAttention_PAD(in_planes, out_planes, kernel_size, groups, reduction, kernel_num,
+                                         Lambda=self.Lambda)
+        self.kernels_weights = nn.Parameter(torch.empty(kernel_num, *self.kernel_shape))
+        self.weight = nn.Parameter(torch.empty(1, *self.kernel_shape))
+        self.register_buffer("kernels_weights_mask", torch.ones(1, *self.kernel_shape))
+        for kernel in (*self.kernels_weights.data, self.weight.data[0]):
+            _he_fan_out_(kernel)
+
+    def computational_kernel(self, kernel: torch.Tensor | None, spatial: torch.Tensor | None) -> torch.Tensor:
+        """``W_hat = lambda_d M ⊙ s ⊙ sum_k a_k W_k + lambda_s (1 - M) ⊙ weight`` (B or 1, O, I/g, k, k)."""
+        lambda_d, lambda_s = scale_factors(self.Lambda, self.phi_d)
+        mask = self.kernels_weights_mask
+        return lambda_d * mask * self.dynamic_kernel(kernel, spatial) + lambda_s * (1 - mask) * self.weight
+
+    def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        channel, filt, spatial, kernel = self.attention(x, self._temperature(temperature))
+        return self._convolve(x * channel, self.computational_kernel(kernel, spatial), filt)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, Lambda={self.Lambda}"
+
+
+class DeployedODConv2d_PAD(ODConv2d):  # noqa: N801
+    """An :class:`ODConv2d_PAD` in deployment form: ``dynamic_factors`` (K, D) at the dynamic positions
+    ``dynamic_index`` and ``static_values`` (N - D) at ``static_index`` (index buffers into the flattened kernel),
+    the attention and ``phi_d``; the computational kernel is built from those alone (Eq. 5 with the masked-out
+    entries dropped), so the aggregation costs ``K D`` MACs per sample."""
+
+    def __init__(self, layer: ODConv2d_PAD):
+        _ODShape.__init__(self, layer.in_planes, layer.out_planes, layer.kernel_size, layer.stride, layer.padding,
+                          layer.dilation, layer.groups, layer.kernel_num)
+        self.Lambda, self.temperature = layer.Lambda, layer.temperature
+        self.attention = copy.deepcopy(layer.attention)
+        mask = layer.kernels_weights_mask.detach().flatten() != 0
+        dynamic_index, static_index = torch.nonzero(mask).flatten(), torch.nonzero(~mask).flatten()
+        with torch.no_grad():
+            self.phi_d = nn.Parameter(layer.phi_d.detach().clone())
+            self.dynamic_factors = nn.Parameter(layer.kernels_weights.flatten(1)[:, dynamic_index].clone())
+            self.static_values = nn.Parameter(layer.weight.flatten()[static_index].clone())
+        self.register_buffer("dynamic_index", dynamic_index)
+        self.register_buffer("static_index", static_index)
+
+    def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        channel, filt, spatial, kernel = self.attention(x, self._temperature(temperature))
+        lambda_d, lambda_s = scale_factors(self.Lambda, self.phi_d)
+        dynamic = self.dynamic_factors if kernel is None else kernel @ self.dynamic_factors  # (1 or B, D)
+        if spatial is not None:  # the spatial attention of each dynamic entry's kernel position
+            dynamic = dynamic * spatial.flatten(1)[:, self.dynamic_index % (self.kernel_size ** 2)]
+        full = dynamic.new_empty(dynamic.shape[0], self.num_positions)
+        full[:, self.static_index] = lambda_s * self.static_values
+        full[:, self.dynamic_index] = lambda_d * dynamic
+        return self._convolve(x * channel, full.view(-1, *self.kernel_shape), filt)
+
+    def extra_repr(self) -> str:
+        return (f"{_ODShape.extra_repr(self)}, Lambda={self.Lambda}, dynamic={self.dynamic_index.numel()}, "
+                f"static={self.static_index.numel()}")
+
+
+# ---------------------------------------------------------------------------------------------------- models
+def od_layers(model: nn.Module) -> list[tuple[str, ODConv2d]]:
+    """Every ODConv layer of ``model`` (plain, PAD or deployed) with its qualified name, in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, ODConv2d)]
+
+
+class ODNet(DynamicNet):
+    """Base of the OD models: ``temperature`` (31 at init, as the original's models) reaches every ODConv layer
+    when set (by ``padnet.dyconv.layers.set_temperature`` or the original's ``update_temperature``)."""
+
+    @property
+    def temperature(self) -> float:
+        return self.__dict__.get("_temperature", INITIAL_TEMPERATURE)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.__dict__["_temperature"] = float(value)
+        for _, layer in od_layers(self):
+            layer.temperature = float(value)
+
+
+def deploy(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of ``model`` with every :class:`ODConv2d_PAD` in :class:`DeployedODConv2d_PAD` form (the
+    model itself is not changed); other layers are copied unchanged. For inference only: the partition is baked
+    into the shapes."""
+    memo = {id(layer): DeployedODConv2d_PAD(layer) for _, layer in od_layers(model)
+            if isinstance(layer, ODConv2d_PAD)}
+    return copy.deepcopy(model, memo).eval()
+
+
+# ---------------------------------------------------------------------------------------------------- counts
+def _dynamic_positions(layer: ODConv2d) -> int:
+    """D: the kernel positions with M = 1 (all N for a plain ODConv)."""
+    if isinstance(layer, ODConv2d_PAD):
+        return int(layer.kernels_weights_mask.count_nonzero())
+    if isinstance(layer, DeployedODConv2d_PAD):
+        return layer.dynamic_index.numel()
+    return layer.num_positions
+
+
+def od_param_breakdown(model: nn.Module) -> dict[str, int]:
+    """Stored parameters of an OD model: ``dynamic_kernels`` (K N), ``static_kernels`` (N per PAD layer),
+    ``attention`` (every attention parameter, the PAD static attentions and their logits included), ``phi`` (the
+    kernels' ``phi_d``) and ``other`` (stem, BN, shortcuts, classifier)."""
+    layers = [layer for _, layer in od_layers(model)]
+    parts = {"dynamic_kernels": 0, "static_kernels": 0, "attention": 0, "phi": 0}
+    for layer in layers:
+        if isinstance(layer, DeployedODConv2d_PAD):
+            parts["dynamic_kernels"] += layer.dynamic_factors.numel()
+            parts["static_kernels"] += layer.static_values.numel()
+        else:
+            parts["dynamic_kernels"] += layer.kernels_weights.numel()
+            parts["static_kernels"] += layer.weight.numel() if isinstance(layer, ODConv2d_PAD) else 0
+        parts["attention"] += sum(p.numel() for p in layer.attention.parameters())
+        parts["phi"] += layer.phi_d.numel() if hasattr(layer, "phi_d") else 0
+    parts["other"] = sum(p.numel() for p in model.parameters()) - sum(parts.values())
+    return parts
+
+
+def od_deployed_params(model: nn.Module, kappa: float | None = None) -> int:
+    """Parameters an OD-PAD model needs at inference: ``other + attention + phi + K D + (N - D)`` over its PAD
+    layers, with ``D`` from the current masks, or the analytic ``kappa K N + (1 - kappa) N`` at dynamic ratio
+    ``kappa``. A model without PAD layers needs all its stored parameters."""
+    pad = [layer for _, layer in od_layers(model) if isinstance(layer, (ODConv2d_PAD, DeployedODConv2d_PAD))]
+    if not pad:
+        return sum(p.numel() for p in model.parameters())
+    parts = od_param_breakdown(model)
+    fixed = parts["other"] + parts["attention"] + parts["phi"]
+    if kappa is None:
+        return fixed + sum(layer.kernel_num * d + layer.num_positions - d
+                           for layer in pad for d in [_dynamic_positions(layer)])
+    return round(fixed + sum(kappa * layer.kernel_num * layer.num_positions + (1 - kappa) * layer.num_positions
+                             for layer in pad))
+
+
+def od_aggregation_macs(model: nn.Module) -> int:
+    """MACs of the kernel aggregations ``sum_k a_k W_k`` of one sample as executed: ``K N`` per layer with
+    ``K > 1`` (``K D`` in the deployed form); ``K = 1`` layers aggregate nothing."""
+    return sum(layer.kernel_num * (_dynamic_positions(layer) if isinstance(layer, DeployedODConv2d_PAD)
+                                   else layer.num_positions)
+               for _, layer in od_layers(model) if layer.kernel_num > 1)
