@@ -10,7 +10,7 @@ embedded stand-ins (the original ``video_datasets/``; ``dyt/README.md``, "Video"
   ``num_frames`` = 8 frames every ``sampling_rate`` = 16 (a random window in training; 3 evenly spaced windows at
   test time); SSv2 takes one frame from each of 8 equal segments (random in training, the middle at test time).
 * Training transforms: K400 resizes the short side to a random size in [1, 1.15] x 224 (bicubic), crops 224 at
-  random and flips; SSv2 applies RandAugment (4 ops, magnitude 7) and a RandomResizedCrop (scale 0.08-1) with
+  random and flips; SSv2 applies RandAugment (4 ops, magnitude 7; bilinear) and a RandomResizedCrop (scale 0.08-1) with
   no flip. The same random parameters apply to every frame of a clip. Test: short side to 224, then 1 centre crop
   (K400) or 3 crops along the long side (SSv2), so one video gives ``temporal x spatial`` views
   ``[V, 3, T, 224, 224]``. Every frame is normalised with mean = std = 0.5 (the IN21K ViT's statistics).
@@ -128,7 +128,7 @@ def train_frame_indices(total: int, num_frames: int, sampling_rate: int, generat
     return [start + i * sampling_rate for i in range(num_frames)]
 
 
-def test_frame_indices(total: int, num_frames: int, sampling_rate: int, temporal_views: int) -> list[list[int]]:
+def eval_frame_indices(total: int, num_frames: int, sampling_rate: int, temporal_views: int) -> list[list[int]]:
     """The test clips: with ``sampling_rate`` 0 the middle frame of each equal segment (one view only), else
     ``temporal_views`` windows spread evenly from the start to the end of the video (the centre one for a
     single view), frames past the end clipped to the last."""
@@ -176,7 +176,7 @@ class TrainClipTransform:
             raise ValueError(f"unknown augment {augment!r}")
         self.size, self.augment = size, augment
         self.randaug = v2.RandAugment(num_ops=RANDAUG_OPS, magnitude=RANDAUG_MAGNITUDE,
-                                      interpolation=InterpolationMode.BICUBIC)
+                                      interpolation=InterpolationMode.BILINEAR)
         self.crop = v2.RandomResizedCrop(size, scale=RRC_SCALE, interpolation=InterpolationMode.BICUBIC,
                                          antialias=True)
 
@@ -196,7 +196,7 @@ class TrainClipTransform:
         return _normalise(clip)
 
 
-def test_views(frames: Sequence[torch.Tensor], size: int, spatial_views: int) -> torch.Tensor:
+def eval_views(frames: Sequence[torch.Tensor], size: int, spatial_views: int) -> torch.Tensor:
     """The test views ``[temporal x spatial, 3, T, S, S]`` of the temporal clips (uint8 [T, H, W, 3] each)."""
     views = []
     for clip in frames:
@@ -343,9 +343,9 @@ class VideoClips(Dataset):
 
         if self.train:
             return self.transform(gather(train_frame_indices(len(video), s.num_frames, s.sampling_rate))), label
-        clips = [gather(ix) for ix in test_frame_indices(len(video), s.num_frames, s.sampling_rate,
+        clips = [gather(ix) for ix in eval_frame_indices(len(video), s.num_frames, s.sampling_rate,
                                                          s.temporal_views)]
-        return test_views(clips, s.size, s.spatial_views), label
+        return eval_views(clips, s.size, s.spatial_views), label
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         for offset in range(len(self)):
