@@ -7,7 +7,9 @@
 * :class:`TokenSelect`: the token dispatcher (Sec. 3.1, Eq. 1): one logit per patch token, a Gumbel-sigmoid with a
   straight-through hard mask in training and ``logit > 0`` at inference; the CLS token is always activated. Its
   ``token_mask`` can be switched to two controls that are not in the original (a random mask at rate r, or the
-  fixed mask of the patches nearest the image centre), which the proxy compares DyT's learned mask with.
+  fixed mask of the patches nearest the image centre), which the proxy compares DyT's learned mask with. Its
+  ``keep_rate`` (our addition, ``dyt/README.md``) makes the learned dispatcher keep, at inference, the
+  :func:`kept_tokens` highest-logit patch tokens of every sample instead of those with ``logit > 0``.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ def gumbel_sigmoid(logits: torch.Tensor, tau: float = 5.0, hard: bool = True, th
 
     Training: ``y_soft = sigmoid((g + G1 - G2) / tau)`` with G1, G2 ~ Gumbel(0, 1) (each ``-log Exp(1)``).
     Inference: ``y_soft = sigmoid(g)``, no noise. With ``hard`` the forward value is ``1[y_soft > threshold]`` and
-    the gradient is that of ``y_soft``.
+    the gradient is that of ``y_soft`` (without autograd, e.g. under ``torch.no_grad``, the hard value alone: the
+    same numbers without the straight-through arithmetic).
     """
     if training:
         g1 = -torch.empty_like(logits).exponential_().log()
@@ -36,10 +39,23 @@ def gumbel_sigmoid(logits: torch.Tensor, tau: float = 5.0, hard: bool = True, th
     if not hard:
         return y_soft
     y_hard = torch.zeros_like(logits).masked_fill(y_soft > threshold, 1.0)
+    if not y_soft.requires_grad:
+        return y_hard
     return y_hard - y_soft.detach() + y_soft
 
 
 TOKEN_MASKS = ("learned", "random", "centre")
+
+
+def kept_tokens(num_patches: int, rate: float) -> int:
+    """How many of ``num_patches`` patch tokens a fixed activation rate keeps: ``ceil(rate * num_patches)``
+    (a product within 1e-6 of an integer counts as that integer)."""
+    return math.ceil(rate * num_patches - 1e-6)
+
+
+def top_tokens(logits: torch.Tensor, rate: float) -> torch.Tensor:
+    """Indices [B, k] of the :func:`kept_tokens` highest dispatcher logits [B, N-1, 1] of every sample."""
+    return logits[..., 0].topk(kept_tokens(logits.shape[1], rate), dim=1, sorted=False).indices
 
 
 def centre_mask(num_patches: int, rate: float) -> torch.Tensor:
@@ -62,7 +78,9 @@ class TokenSelect(nn.Module):
     calls its ``set_tau``). ``token_mask`` (:data:`TOKEN_MASKS`) is ``"learned"`` (the dispatcher) or one of two
     controls at rate ``rate``, in training and in eval alike: ``"random"`` (every patch token kept with probability
     ``rate``, drawn afresh each call from torch's generator) or ``"centre"`` (:func:`centre_mask`). A control's
-    mask does not depend on the logits, so the dispatcher then gets no gradient.
+    mask does not depend on the logits, so the dispatcher then gets no gradient. With ``keep_rate`` set, the
+    learned dispatcher keeps at inference (eval mode) the :func:`top_tokens` of each sample; training always
+    samples the Gumbel-sigmoid mask.
     """
 
     def __init__(self, dim: int, tau: float = 5.0, threshold: float = 0.5):
@@ -70,10 +88,13 @@ class TokenSelect(nn.Module):
         self.mlp_head = nn.Linear(dim, 1)
         self.tau, self.threshold = tau, threshold
         self.token_mask, self.rate = "learned", 0.5
+        self.keep_rate: float | None = None
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.mlp_head(x[:, 1:, :])
-        if self.token_mask == "learned":
+        if self.token_mask == "learned" and self.keep_rate is not None and not self.training:
+            select = torch.zeros_like(logits[..., 0]).scatter_(1, top_tokens(logits, self.keep_rate), 1.0)[..., None]
+        elif self.token_mask == "learned":
             select = gumbel_sigmoid(logits, self.tau, True, self.threshold, self.training)
         elif self.token_mask == "random":
             select = (torch.rand(logits.shape, device=x.device) < self.rate).to(logits.dtype)

@@ -15,6 +15,15 @@ Dispatch variants (Sec. 3.3; only ``"mlp"`` is in the released code):
 The adapter always processes every token. In training the masks multiply the skipped outputs (straight-through
 gradients); in eval, ``execution = "gather"`` really removes the skipped tokens from the computation (Sec. 3.1,
 "Inference"; the original's ``models/model_speed_test.py``) and ``"masked"`` multiplies as in training.
+
+Inference configurations (``configurations()`` / ``set_configuration(name)``, the protocol of
+:mod:`common.configurations`; eval mode only, training always samples the Gumbel-sigmoid masks):
+
+* ``"dispatch"``: the paper's inference, a token is kept when its dispatcher logit is > 0, gathered execution.
+* ``"rate=r"`` for r in :data:`DISPATCH_RATES` (the paper's activation rates): every dispatcher keeps the
+  ``ceil(r (N-1))`` patch tokens of highest logit in each sample (and CLS); gathered. Not in the original: a
+  fixed-cost operating point of the same learned dispatchers, with static shapes (``dyt/README.md``).
+* ``"all tokens"``: no token skipped (the "complete model"; AdaptFormer with DyT's weights).
 """
 
 from __future__ import annotations
@@ -27,11 +36,13 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, PatchEmbed, trunc_normal_, use_fused_attn
 from torch import nn
 
+from common.configurations import check_configuration
 from common.errors import UserError
 from dyt.models.layers import TOKEN_MASKS, Adapter, MoEAdapter, TokenSelect
 
 DISPATCH_MODES = ("mlp", "attn", "attn_mlp", "layer", "none")
 EXECUTION_MODES = ("gather", "masked")
+DISPATCH_RATES = (0.3, 0.5, 0.7, 0.9)
 INCEPTION_MEAN = INCEPTION_STD = (0.5, 0.5, 0.5)
 
 
@@ -173,7 +184,9 @@ class VisionTransformer(nn.Module):
     ``forward(x, complete_model=False)`` returns ``(logits, aux)`` with ``aux["token_select"]`` [B, L, N-1, 1] (hard
     0/1, CLS removed) and ``aux["token_logits"]`` [B, L, N-1, 1] (Sec. 3.1). With ``dispatch="attn_mlp"`` those are
     the MLP dispatcher's and ``aux["attn_token_select"]``/``aux["attn_token_logits"]`` the attention dispatcher's;
-    with ``dispatch="none"`` ``token_select`` is all ones and ``token_logits`` is None.
+    with ``dispatch="none"`` ``token_select`` is all ones and ``token_logits`` is None. In eval mode ``forward``
+    runs the configuration chosen by :meth:`set_configuration` (``"dispatch"`` when built, ``"all tokens"`` with
+    ``dispatch="none"``).
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
@@ -209,6 +222,7 @@ class VisionTransformer(nn.Module):
                                moe_experts=moe_experts, moe_router=moe_router, moe_merge=moe_merge)
         self.pretrained_cfg = dict(mean=INCEPTION_MEAN, std=INCEPTION_STD, input_size=(in_chans, img_size, img_size),
                                    num_classes=num_classes, interpolation="bicubic")
+        self.configuration = "all tokens" if dispatch == "none" else "dispatch"
 
     @staticmethod
     def init_weights(module: nn.Module) -> None:
@@ -240,11 +254,32 @@ class VisionTransformer(nn.Module):
         for blk in self.blocks:
             blk.execution = mode
 
+    def token_selects(self) -> list[TokenSelect]:
+        """Every token dispatcher, in forward order."""
+        return [m for m in self.modules() if isinstance(m, TokenSelect)]
+
+    def configurations(self) -> list[str]:
+        """The inference configurations (module docstring): ``"dispatch"``, ``"rate=0.3"`` ... ``"rate=0.9"``,
+        ``"all tokens"``; only ``"all tokens"`` without dispatchers."""
+        if not self.token_selects():
+            return ["all tokens"]
+        return ["dispatch", *(f"rate={r}" for r in DISPATCH_RATES), "all tokens"]
+
+    def set_configuration(self, name: str) -> None:
+        """Run configuration ``name`` in eval mode from now on (``ConfigurationError`` for an unknown name); the
+        dispatch configurations use the gathered execution."""
+        self.configuration = check_configuration(self, name)
+        keep_rate = float(name.removeprefix("rate=")) if name.startswith("rate=") else None
+        for select in self.token_selects():
+            select.keep_rate = keep_rate
+        if name != "all tokens":
+            self.execution = "gather"
+
     def set_token_mask(self, token_mask: str, rate: float) -> None:
         """Every dispatcher's mask: ``"learned"`` (DyT) or a control at ``rate`` (:class:`TokenSelect`)."""
         if token_mask not in TOKEN_MASKS:
             raise ModelError(f"unknown token mask {token_mask!r}; choose one of: {', '.join(TOKEN_MASKS)}")
-        selects = [m for m in self.modules() if isinstance(m, TokenSelect)]
+        selects = self.token_selects()
         if token_mask != "learned" and not selects:
             raise ModelError(f"a {token_mask} token mask needs dispatchers; this model has dispatch='none'")
         for select in selects:
@@ -281,8 +316,47 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, complete_model: bool = False
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
+        complete_model = complete_model or (not self.training and self.configuration == "all tokens")
         x, aux = self.forward_features(x, complete_model)
         return self.forward_head(x), aux
+
+
+def set_dispatch_rate(model: VisionTransformer, x: torch.Tensor, rate: float, seed: int = 0) -> None:
+    """Calibrate the dispatchers of an untrained model so that the ``"dispatch"`` configuration keeps about a
+    fraction ``rate`` of the patch tokens of ``x`` in every block, as a model fine-tuned at activation rate r
+    does (Sec. 3.1: at inference a token is kept when its logit is > 0).
+
+    Every dispatcher's ``Linear(C, 1)`` gets a random unit direction (from ``seed``) and, during one eval forward
+    of ``x`` in the ``"dispatch"`` configuration, block after block, the bias that puts the ``1 - rate`` quantile
+    of the logits of the tokens reaching it at 0: the rate is controlled, which tokens are kept still depends on
+    the input, and later blocks see the tokens the earlier ones really produced. The model's training mode,
+    configuration and execution are restored afterwards.
+    """
+    if not 0.0 <= rate <= 1.0:
+        raise ModelError(f"the dispatch rate must lie in [0, 1], got {rate}")
+    selects = model.token_selects()
+    if not selects:
+        raise ModelError("set_dispatch_rate needs dispatchers; this model has dispatch='none'")
+    generator = torch.Generator().manual_seed(seed)
+
+    def calibrate(module: TokenSelect, args: tuple[torch.Tensor, ...]) -> None:
+        head = module.mlp_head
+        direction = torch.randn(head.in_features, generator=generator).to(head.weight)
+        head.weight.copy_(direction[None] / direction.norm())
+        scores = (args[0][:, 1:, :] @ head.weight[0]).flatten().float()
+        head.bias.fill_(-float(torch.quantile(scores, 1.0 - rate)))
+
+    was_training, configuration, execution = model.training, model.configuration, model.execution
+    handles = [select.register_forward_pre_hook(calibrate) for select in selects]
+    try:
+        model.eval().set_configuration("dispatch")
+        with torch.no_grad():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training).set_configuration(configuration)
+        model.execution = execution
 
 
 # ------------------------------------------------------------------------------------------------ factories
