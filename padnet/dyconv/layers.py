@@ -9,35 +9,137 @@
   with one mode mask ``M`` per kernel position, shared by the ``K`` dynamic factors ``Theta_k``, and the scale
   factors ``lambda_d = 2 sigmoid(phi_d)``, ``lambda_s = 2 - lambda_d`` (``Lambda="both"``).
 
-Both run the per-sample kernels as one grouped convolution over the batch, as the original does. The kernel
-aggregation is one matrix product ``alpha @ Theta`` (the original multiplies and sums element-wise; same values).
-The attention temperature is an attribute of every layer, set for a whole model with :func:`set_temperature`.
-Parameter names and the state-dict order are those of the original ``model/layer/dyconv.py``.
+Both convolve every sample with its own kernel through :func:`per_sample_conv`, which picks the fastest exact form
+per shape (the original runs one grouped convolution over the batch; same values). The kernel aggregation is one
+matrix product ``alpha @ Theta`` (the original multiplies and sums element-wise). Every layer has named forms, the
+model's configurations (:class:`DynamicNet`): DY-Conv runs ``"dynamic"``; a PAD layer ``"training"`` (Eq. 5 as
+written, differentiable in the mask, for IMP and training) or ``"deployed"`` (inference at the fixed partition:
+:meth:`PAD_DynamicConvolution.static_form`, a :class:`PartitionedConv2d` with the scale factors, the mask and the
+temperature folded into constants). The attention temperature is an attribute of every layer, set for a whole model
+with :func:`set_temperature`. Parameter names and the state-dict order are those of the original
+``model/layer/dyconv.py``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
+import torch.fx
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from common.configurations import ConfigurationError, check_configuration
 from padnet.imp import ModeMask
 
-__all__ = ["INITIAL_TEMPERATURE", "LAMBDAS", "AttentionLayer", "CustomSequential", "DynamicConvBase",
-           "DynamicConvolution", "DynamicNet", "PAD_DynamicConvolution", "check_lambda", "dynamic_layers",
-           "imp_masks", "init_model_weights", "is_pad_model", "pad_layers", "scale_factors", "set_temperature"]
+__all__ = ["INITIAL_TEMPERATURE", "KERNEL_CHUNK", "LAMBDAS", "AttentionLayer", "CustomSequential", "DynamicConvBase",
+           "DynamicConvolution", "DynamicNet", "PAD_DynamicConvolution", "PartitionedConv2d", "check_lambda",
+           "dynamic_layers", "imp_masks", "init_model_weights", "is_pad_model", "pad_layers", "per_sample_conv",
+           "scale_factors", "set_temperature"]
 
 INITIAL_TEMPERATURE = 31.0  # ``self.temperature`` of every original model before training (spec b.1)
 LAMBDAS = (None, "both", "s", "d")  # the PAD scale-factor modes (spec b.2); "none" is accepted for None
+KERNEL_CHUNK = 1 << 22  # kernel entries assembled at once by per_sample_conv (16 MB of float32)
 
 
 def _kaiming_normal_(tensor: torch.Tensor, fan_out: int) -> None:
     """``N(0, 2 / fan_out)``, the He initialisation the original applies to every kernel."""
     with torch.no_grad():
         tensor.normal_(0, math.sqrt(2.0 / fan_out))
+
+
+def _assemble(alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None,
+              index: torch.Tensor | None) -> torch.Tensor:
+    """The flattened kernels (B, N) ``static + sum_k alpha_k dynamic_k``: one GEMM (``addmm`` with a static part),
+    or with ``index`` the (K, D) factors aggregated and scattered into a copy of the static kernel at the D
+    dynamic positions only."""
+    if index is None:
+        flat = dynamic.flatten(1)
+        return alphas @ flat if static is None else torch.addmm(static.reshape(1, -1), alphas, flat)
+    kernels = static.reshape(1, -1).repeat(alphas.shape[0], 1)
+    return kernels.scatter_(1, index.expand(alphas.shape[0], -1), alphas @ dynamic)
+
+
+def per_sample_conv(x: torch.Tensor, alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None = None,
+                    index: torch.Tensor | None = None, bias: torch.Tensor | None = None, stride=(1, 1),
+                    padding=(0, 0), dilation=(1, 1), groups: int = 1) -> torch.Tensor:
+    """Convolve sample ``b`` of ``x`` with its own kernel ``W_b = static + sum_k alphas[b, k] dynamic_k`` and add
+    ``alphas[b] @ bias`` (Eq. 5 of PAD-Net with the scale factors and the mask already applied; DY-Conv without
+    ``static``). ``dynamic``: (K, O, I/g, kh, kw), or (K, D) factors at the flat positions ``index`` of the kernel
+    (then ``static`` (O, I/g, kh, kw) is required); ``bias``: (K, O) or None.
+
+    The fastest exact form per shape: the samples go in chunks of at most :data:`KERNEL_CHUNK` kernel entries (one
+    sample when a kernel is bigger), each chunk's kernels assembled by one GEMM (:func:`_assemble`) and used while
+    they are still in the cache, so the batch never holds all ``B x N`` kernel entries at once. A 1x1 convolution
+    (one group, no padding) is a batched matrix product over the chunk (the stride by slicing); a grouped
+    (depthwise) convolution is one conv with ``groups x chunk`` groups; any other is one ordinary conv per sample.
+    At batch 1 this is the aggregated kernel and one ordinary conv (a matrix product for 1x1).
+    """
+    kernel_shape = tuple(dynamic.shape[1:]) if index is None else tuple(static.shape)
+    out_channels, in_per_group, kh, kw = kernel_shape
+    batch = x.shape[0]
+    biases = None if bias is None else alphas @ bias
+    pointwise = (kh, kw) == (1, 1) and groups == 1 and tuple(padding) == (0, 0)
+    if pointwise and tuple(stride) != (1, 1):
+        x = x[:, :, ::stride[0], ::stride[1]]
+    chunk = max(1, min(batch, KERNEL_CHUNK // math.prod(kernel_shape)))
+    outs = []
+    for start in range(0, batch, chunk):
+        stop = min(batch, start + chunk)
+        kernels = _assemble(alphas[start:stop], dynamic, static, index)
+        xs, bs = x[start:stop], None if biases is None else biases[start:stop]
+        if pointwise:
+            flat = xs.reshape(stop - start, in_per_group, -1)
+            weights = kernels.view(stop - start, out_channels, in_per_group)
+            y = torch.bmm(weights, flat) if bs is None else torch.baddbmm(bs.unsqueeze(-1), weights, flat)
+            outs.append(y.view(stop - start, out_channels, *xs.shape[-2:]))
+        elif groups > 1:
+            y = F.conv2d(xs.reshape(1, -1, *xs.shape[-2:]), kernels.view(-1, *kernel_shape[1:]),
+                         None if bs is None else bs.reshape(-1), stride, padding, dilation, groups * (stop - start))
+            outs.append(y.view(stop - start, out_channels, *y.shape[-2:]))
+        else:
+            outs += [F.conv2d(xs[i:i + 1], kernels[i].view(kernel_shape), None if bs is None else bs[i], stride,
+                              padding, dilation) for i in range(stop - start)]
+    return outs[0] if len(outs) == 1 else torch.cat(outs)
+
+
+torch.fx.wrap("per_sample_conv")  # symbolic tracing records one call: the chunk loop depends on the batch size
+
+
+class PartitionedConv2d(nn.Module):
+    """The inference form of a DY-Conv or PAD layer: a plain module of constants (PAD-Net Sec. 3.1, Eq. 5 at a
+    fixed partition), what ``to_static`` exports and a PAD model runs in its ``"deployed"`` configuration.
+
+    ``attention`` is ``GAP -> fc1 -> ReLU -> fc2 / T -> softmax`` (the temperature folded into fc2);
+    ``static_weight`` (O, I/g, kh, kw) is ``lambda_s Theta_bar`` at the static positions and 0 at the dynamic ones
+    (None when every position is dynamic); ``dynamic_weight`` holds ``lambda_d Theta_k``: (K, D) at the flat
+    positions ``dynamic_index`` (compact: ``K D + N`` entries, ``K D`` aggregation MACs), or (K, O, I/g, kh, kw)
+    without an index (DY-Conv, kappa = 1); ``dynamic_bias`` (K, O) or None. The per-sample convolution is
+    :func:`per_sample_conv`.
+    """
+
+    def __init__(self, attention: nn.Module, dynamic_weight: torch.Tensor, static_weight: torch.Tensor | None,
+                 dynamic_index: torch.Tensor | None, dynamic_bias: torch.Tensor | None, stride, padding, dilation,
+                 groups: int):
+        super().__init__()
+        self.attention = attention
+        self.dynamic_weight = nn.Parameter(dynamic_weight)
+        self.static_weight = None if static_weight is None else nn.Parameter(static_weight)
+        self.dynamic_bias = None if dynamic_bias is None else nn.Parameter(dynamic_bias)
+        self.register_buffer("dynamic_index", dynamic_index)
+        self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return per_sample_conv(x, self.attention(x), self.dynamic_weight, self.static_weight, self.dynamic_index,
+                               self.dynamic_bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def extra_repr(self) -> str:
+        shape = self.dynamic_weight.shape[1:] if self.dynamic_index is None else self.static_weight.shape
+        dynamic = "all" if self.dynamic_index is None else self.dynamic_index.numel()
+        return (f"kernel={tuple(shape)}, dynamic positions={dynamic}, stride={self.stride}, padding={self.padding}, "
+                f"groups={self.groups}")
 
 
 class AttentionLayer(nn.Module):
@@ -59,7 +161,14 @@ class AttentionLayer(nn.Module):
 
 
 class DynamicConvBase(nn.Module):
-    """What DY-Conv and PAD share: conv arguments, the attention branch, the temperature and the grouped conv."""
+    """What DY-Conv and PAD share: conv arguments, the attention branch, the temperature and the forms.
+
+    ``forms`` are the layer's named forms (the model's configurations, :class:`DynamicNet`), ``form`` the one it
+    runs (the last of ``forms`` at construction: the full form). A subclass with a ``"deployed"`` form implements
+    :meth:`static_form`; :meth:`_deployed` runs it, rebuilt only when a parameter, buffer or the temperature changed.
+    """
+
+    forms: tuple[str, ...] = ()
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, nof_kernels: int = 4,
                  dilation=1, groups: int = 1, reduce: int = 16, attention: AttentionLayer | None = None):
@@ -72,6 +181,7 @@ class DynamicConvBase(nn.Module):
         self.kernel_size = _pair(kernel_size)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.temperature = INITIAL_TEMPERATURE
+        self.form = self.forms[-1]
         if attention is None:
             attention = AttentionLayer(in_channels, max(1, in_channels // reduce), nof_kernels)
         self.attention = attention
@@ -87,17 +197,52 @@ class DynamicConvBase(nn.Module):
     def _attention(self, x: torch.Tensor, temperature: float | None) -> torch.Tensor:
         return self.attention(x, self.temperature if temperature is None else temperature)
 
-    def _aggregate(self, alphas: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-        """``sum_k alpha_k W_k`` per sample: (B, K) x (K, ...) -> (B, ...), as one matrix product."""
-        return (alphas @ kernels.flatten(1)).view(alphas.shape[0], *kernels.shape[1:])
+    def _conv(self, x: torch.Tensor, alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None = None,
+              index: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        return per_sample_conv(x, alphas, dynamic, static, index, bias, self.stride, self.padding, self.dilation,
+                               self.groups)
 
-    def _grouped_conv(self, x: torch.Tensor, kernels: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """Convolve sample ``b`` with ``kernels[b]`` (B, O, I/g, kh, kw): one conv with ``groups * B`` groups."""
-        batch = x.shape[0]
-        out = F.conv2d(x.reshape(1, -1, *x.shape[-2:]), kernels.reshape(-1, *kernels.shape[-3:]),
-                       None if bias is None else bias.reshape(-1), self.stride, self.padding, self.dilation,
-                       self.groups * batch)
-        return out.view(batch, -1, *out.shape[-2:])
+    def static_form(self, temperature: float | None = None) -> nn.Module:
+        """This layer as a module of constants at ``temperature`` (default: the layer's): a
+        :class:`PartitionedConv2d`, or a plain ``nn.Conv2d`` when nothing in it depends on the input."""
+        raise NotImplementedError(f"{type(self).__name__} has no static form")
+
+    def _partitioned(self, temperature: float | None, dynamic: torch.Tensor, static: torch.Tensor | None = None,
+                     index: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> nn.Module:
+        """A :class:`PartitionedConv2d` of copies of the given tensors, with the attention at ``temperature``
+        folded into fc2 (``softmax(z / T)`` with ``z = fc2(h)``: fc2's weight and bias divided by T)."""
+        temperature = self.temperature if temperature is None else float(temperature)
+        fc1, fc2 = copy.deepcopy(self.attention.fc1), copy.deepcopy(self.attention.fc2)
+        with torch.no_grad():
+            fc2.weight.div_(temperature)
+            if fc2.bias is not None:
+                fc2.bias.div_(temperature)
+        attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), fc1, nn.ReLU(), fc2, nn.Flatten(), nn.Softmax(dim=1))
+        clone = lambda t: None if t is None else t.detach().clone()  # noqa: E731
+        return PartitionedConv2d(attention, clone(dynamic), clone(static), clone(index), clone(bias), self.stride,
+                                 self.padding, self.dilation, self.groups)
+
+    def _plain_conv(self, weight: torch.Tensor) -> nn.Conv2d:
+        """A ``nn.Conv2d`` with this layer's geometry and a copy of ``weight`` (O, I/g, kh, kw), no bias."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, self.groups, bias=False, device=weight.device, dtype=weight.dtype)
+        conv.weight.data.copy_(weight.detach())
+        return conv
+
+    def _deployed(self, x: torch.Tensor, temperature: float | None) -> torch.Tensor:
+        """The ``"deployed"`` forward: :meth:`static_form`, cached until a parameter, a buffer (by storage and
+        version counter: in-place updates, ``load_state_dict`` and ``.to()`` all show) or the temperature changes."""
+        if self.training and torch.is_grad_enabled():
+            raise ConfigurationError(f"configuration 'deployed' of {type(self).__name__} is for inference (its kernels "
+                                     "are constants): call .eval(), or set_configuration('training') to train")
+        temperature = self.temperature if temperature is None else float(temperature)
+        key = (temperature, *((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers())))
+        cached = self.__dict__.get("_static_form")
+        if cached is None or cached[0] != key:
+            with torch.no_grad(), torch.inference_mode(False):
+                cached = (key, self.static_form(temperature).requires_grad_(False))
+            self.__dict__["_static_form"] = cached
+        return cached[1](x)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
@@ -105,7 +250,10 @@ class DynamicConvBase(nn.Module):
 
 
 class DynamicConvolution(DynamicConvBase):
-    """DY-Conv (spec b.1): ``weight`` (K, O, I/g, kh, kw) aggregated by the attention; optional ``bias`` (K, O)."""
+    """DY-Conv (spec b.1): ``weight`` (K, O, I/g, kh, kw) aggregated by the attention; optional ``bias`` (K, O).
+    One form, ``"dynamic"``."""
+
+    forms = ("dynamic",)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, nof_kernels: int = 4,
                  dilation=1, groups: int = 1, bias: bool = True, reduce: int = 16):
@@ -116,9 +264,11 @@ class DynamicConvolution(DynamicConvBase):
         self.bias = nn.Parameter(torch.zeros(nof_kernels, out_channels)) if bias else None
 
     def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        alphas = self._attention(x, temperature)
-        bias = None if self.bias is None else alphas @ self.bias
-        return self._grouped_conv(x, self._aggregate(alphas, self.weight), bias)
+        return self._conv(x, self._attention(x, temperature), self.weight, bias=self.bias)
+
+    def static_form(self, temperature: float | None = None) -> PartitionedConv2d:
+        """The kernels and the attention at ``temperature`` as constants (every position dynamic)."""
+        return self._partitioned(temperature, self.weight, bias=self.bias)
 
 
 def scale_factors(Lambda: str | None, phi: torch.Tensor) -> tuple[torch.Tensor | float, torch.Tensor | float]:
@@ -150,7 +300,12 @@ class PAD_DynamicConvolution(DynamicConvBase):  # noqa: N801 (the original class
     kernel, ``kernels_weights_mask`` (1, O, I/g, kh, kw) the mode mask (1 = dynamic; a buffer, all ones at init),
     ``phi_d`` the scale-factor logit (0 at init). ``Lambda`` chooses the scale factors (:func:`scale_factors`);
     the original crashes for "s" and "d", which work here. ``M = 1`` everywhere is DY-Conv scaled by ``lambda_d``.
+
+    Forms: ``"training"`` (default) computes Eq. 5 from the parameters and the mask (differentiable in both, as IMP
+    needs); ``"deployed"`` runs :meth:`static_form`, the same values with everything but the attention constant.
     """
+
+    forms = ("deployed", "training")
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, nof_kernels: int = 4,
                  dilation=1, groups: int = 1, bias: bool = True, reduce: int = 16, Lambda: str | None = None):
@@ -165,17 +320,37 @@ class PAD_DynamicConvolution(DynamicConvBase):  # noqa: N801 (the original class
         self._init_kernel(self.weight)
         self.kernels_bias = nn.Parameter(torch.zeros(nof_kernels, out_channels)) if bias else None
 
-    def computational_kernel(self, alphas: torch.Tensor) -> torch.Tensor:
-        """``W_hat(x)`` (B, O, I/g, kh, kw) for the attention weights ``alphas`` (B, K) (Eq. 5)."""
+    def kernel_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(lambda_d M ⊙ Theta_k, lambda_s (1 - M) ⊙ Theta_bar)``: (K, O, I/g, kh, kw) and (O, I/g, kh, kw), so
+        that ``W_hat(x) = sum_k alpha_k(x) dynamic_k + static`` (Eq. 5, the factors scaled once per forward rather
+        than every sample's kernel)."""
         lambda_d, lambda_s = scale_factors(self.Lambda, self.phi_d)
         mask = self.kernels_weights_mask
-        dynamic = self._aggregate(alphas, self.kernels_weights)
-        return lambda_d * mask * dynamic + lambda_s * (1 - mask) * self.weight
+        return lambda_d * mask * self.kernels_weights, (lambda_s * (1 - mask) * self.weight)[0]
+
+    def computational_kernel(self, alphas: torch.Tensor) -> torch.Tensor:
+        """``W_hat(x)`` (B, O, I/g, kh, kw) for the attention weights ``alphas`` (B, K) (Eq. 5)."""
+        dynamic, static = self.kernel_parts()
+        return torch.addmm(static.reshape(1, -1), alphas, dynamic.flatten(1)).view(-1, *self.kernel_shape)
 
     def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
-        alphas = self._attention(x, temperature)
-        bias = None if self.kernels_bias is None else alphas @ self.kernels_bias
-        return self._grouped_conv(x, self.computational_kernel(alphas), bias)
+        if self.form == "deployed":
+            return self._deployed(x, temperature)
+        dynamic, static = self.kernel_parts()
+        return self._conv(x, self._attention(x, temperature), dynamic, static, bias=self.kernels_bias)
+
+    def static_form(self, temperature: float | None = None) -> nn.Module:
+        """The layer at its partition as constants (Sec. 3.1): ``lambda_s Theta_bar`` at the static positions, the
+        K factors ``lambda_d Theta_k`` at the D dynamic ones only (:class:`PartitionedConv2d`); all dynamic:
+        the dense factors; none dynamic and no bias: a plain ``nn.Conv2d``."""
+        dynamic, static = self.kernel_parts()
+        mask = self.kernels_weights_mask.flatten() != 0
+        if bool(mask.all()):
+            return self._partitioned(temperature, dynamic, bias=self.kernels_bias)
+        if not bool(mask.any()) and self.kernels_bias is None:
+            return self._plain_conv(static)
+        index = torch.nonzero(mask).flatten()
+        return self._partitioned(temperature, dynamic.flatten(1)[:, index], static, index, self.kernels_bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, Lambda={self.Lambda}"
@@ -223,7 +398,27 @@ def imp_masks(model: nn.Module) -> dict[str, ModeMask]:
 
 class DynamicNet(nn.Module):
     """Base of the DY and PAD models: ``temperature`` (31 at init, spec b.1) is read from the model and, when set,
-    reaches every dynamic layer; ``update_temperature`` is the original's name for setting it."""
+    reaches every dynamic layer; ``update_temperature`` is the original's name for setting it.
+
+    Configurations (``common.configurations``): the forms of the dynamic layers, ``["deployed", "training"]`` for a
+    PAD model (inference at the partition IMP chose, cheapest first; the training form, the default) and
+    ``["dynamic"]`` for DY-Conv. ``set_configuration(name)`` puts every dynamic layer in that form.
+    """
+
+    def configurations(self) -> list[str]:
+        forms = [layer.forms for _, layer in dynamic_layers(self)]
+        return [name for name in (forms[0] if forms else ()) if all(name in f for f in forms)]
+
+    def set_configuration(self, name: str) -> None:
+        check_configuration(self, name)
+        for _, layer in dynamic_layers(self):
+            layer.form = name
+
+    @property
+    def configuration(self) -> str | None:
+        """The form the dynamic layers run (None without dynamic layers or when they differ)."""
+        forms = {layer.form for _, layer in dynamic_layers(self)}
+        return forms.pop() if len(forms) == 1 else None
 
     @property
     def temperature(self) -> float:
