@@ -104,6 +104,7 @@ class Block(nn.Module):
     MLP dispatch, in order: ``X_a = X + Attn(LN1(X))``; ``M = TD(X_a)``; ``X' = X_a + M * MLP(LN2(X_a)) + A(X_a)``.
     ``forward(x, complete_model)`` returns ``(x, masks)`` with ``masks[name] = (select [B,N,1], logits)`` for each
     dispatcher (``"attn"``, ``"mlp"`` or ``"layer"``); ``complete_model`` runs the dispatchers but applies no mask.
+    In eval mode with ``all_tokens`` (the model's ``"all tokens"`` configuration) no dispatcher runs: no masks.
     """
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
@@ -127,6 +128,7 @@ class Block(nn.Module):
         self.attn_token_select = TokenSelect(dim, tau) if dispatch in ("attn", "attn_mlp") else None
         self.layer_token_select = TokenSelect(dim, tau) if dispatch == "layer" else None
         self.execution = "gather"
+        self.all_tokens = False  # set by VisionTransformer.set_configuration
 
     # ----------------------------------------------------------------------------------------------- paths
     def _attention(self, x: torch.Tensor, select: torch.Tensor | None, gather: bool) -> torch.Tensor:
@@ -161,14 +163,15 @@ class Block(nn.Module):
                 ) -> tuple[torch.Tensor, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         masks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         gather = not self.training and self.execution == "gather"
-        if self.attn_token_select is not None:
+        dispatchers = self.training or not self.all_tokens  # "all tokens" runs no dispatcher at inference
+        if dispatchers and self.attn_token_select is not None:
             masks["attn"] = self.attn_token_select(x)
-        elif self.layer_token_select is not None:
+        elif dispatchers and self.layer_token_select is not None:
             masks["layer"] = self.layer_token_select(x)
         attn_select = None if complete_model or not masks else next(iter(masks.values()))[0]
         x = self._attention(x, attn_select, gather)
 
-        if self.mlp_token_select is not None:
+        if dispatchers and self.mlp_token_select is not None:
             masks["mlp"] = self.mlp_token_select(x)
         mlp_select = masks.get("mlp", masks.get("layer", (None,)))[0]
         adapt_x = self.adaptmlp(x) if self.adaptmlp is not None else None
@@ -186,7 +189,8 @@ class VisionTransformer(nn.Module):
     the MLP dispatcher's and ``aux["attn_token_select"]``/``aux["attn_token_logits"]`` the attention dispatcher's;
     with ``dispatch="none"`` ``token_select`` is all ones and ``token_logits`` is None. In eval mode ``forward``
     runs the configuration chosen by :meth:`set_configuration` (``"dispatch"`` when built, ``"all tokens"`` with
-    ``dispatch="none"``).
+    ``dispatch="none"``); ``"all tokens"`` runs no dispatcher and reports ``token_select`` all ones (every token
+    is processed) and ``token_logits`` None, as ``dispatch="none"`` does.
     """
 
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, num_classes: int = 1000,
@@ -272,6 +276,8 @@ class VisionTransformer(nn.Module):
         keep_rate = float(name.removeprefix("rate=")) if name.startswith("rate=") else None
         for select in self.token_selects():
             select.keep_rate = keep_rate
+        for blk in self.blocks:
+            blk.all_tokens = name == "all tokens"
         if name != "all tokens":
             self.execution = "gather"
 
@@ -316,7 +322,6 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, complete_model: bool = False
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]]:
-        complete_model = complete_model or (not self.training and self.configuration == "all tokens")
         x, aux = self.forward_features(x, complete_model)
         return self.forward_head(x), aux
 

@@ -71,16 +71,21 @@ def test_fixed_rate_keeps_the_top_logits_of_every_sample(dispatch, name):
         assert bool((lowest_kept >= highest_skipped).all())
 
 
-def test_all_tokens_is_the_complete_model():
+def test_all_tokens_is_the_complete_model_without_dispatchers():
     model, x = calibrated()
+    calls = []
+    for select in model.token_selects():
+        select.register_forward_hook(lambda *args: calls.append(1))
     with torch.no_grad():
         dispatched, aux = model(x)
         complete, _ = model(x, complete_model=True)
         model.set_configuration("all tokens")
-        all_tokens, _ = model(x)
+        calls.clear()
+        all_tokens, aux_all = model(x)
     assert 0.2 < aux["token_select"].mean() < 0.8
     torch.testing.assert_close(all_tokens, complete, rtol=0, atol=0)
     assert not torch.allclose(all_tokens, dispatched, atol=1e-4)
+    assert not calls and bool((aux_all["token_select"] == 1).all()) and aux_all["token_logits"] is None
 
 
 def test_training_ignores_the_configuration():
