@@ -5,7 +5,9 @@ PAD ResNet-50/18/10 and MobileNetV2 x1.0/0.75/0.5/0.35 at 224 px, 1000 classes) 
 ``padnet.dyconv.models`` (on the meta device: no memory, no init) and counted: stored parameters, deployed
 parameters at kappa in {0.1, 0.3, 0.5, 1} (``padnet.dyconv.counting.deployed_params``), dynamic parameters
 kappa K N, MACs of convolutions + attention (``torch.utils.flop_counter``) and of the kernel aggregation (dense
-K N, and kappa K N when only the dynamic positions are aggregated). Exit code 1 when a count differs from the table.
+K N, and kappa K N when only the dynamic positions are aggregated). The ODConv and ODConv-PAD models (``od_models``:
+``od_resnet18/50``, ``od_mobilenetv2_050/075/100`` and their ``_pad`` variants, ``padnet/dyconv/odconv.py``) are
+counted the same way against the original's ODConv model code. Exit code 1 when a count differs from the table.
 
 Checkpoint (``--weight FILE --config-file YAML``): a checkpoint of ``padnet/dyconv/main.py`` (or of the original)
 is validated by that entry point (``main.py -e``) on ``--dataset`` at ``--input-size``, and its deployed parameters,
@@ -14,8 +16,8 @@ realised dynamic ratio and MACs are counted from its own masks.
 The accuracy claims are measured by ``benchmarks/proxies/padnet.py`` (DY-Conv) and ``padnet_moe.py`` (MoE).
 Writes ``padnet.md`` and ``padnet_counts.csv`` to ``--output-dir``::
 
-    python -m benchmarks.padnet_table                # all 17 models
-    python -m benchmarks.padnet_table --quick        # the ResNet-50 and MobileNetV2 x1.0 rows
+    python -m benchmarks.padnet_table                # all 18 DY-Conv / PAD and 12 ODConv models
+    python -m benchmarks.padnet_table --quick        # the ResNet-50 and MobileNetV2 x1.0 rows (and their ODConv ones)
     python -m benchmarks.padnet_table --quick --weight ckpt/model_best.pth.tar \\
         --config-file padnet/dyconv/configs/digits_pad_resnet10_s0.0625.yml --dataset digits --input-size 16
 """
@@ -37,15 +39,25 @@ import torch
 from benchmarks.tables import machine_info, markdown_table, write_csv
 from common.config import load_yaml
 from common.errors import ArgumentParser, UserError, run_cli
+from common.flops import count_macs
 from padnet.dyconv import main as dyconv_main
 from padnet.dyconv.counting import count_model_macs, deployed_params, dynamic_params, param_breakdown, stored_params
 from padnet.dyconv.models import build_model
+from padnet.dyconv.odconv import (
+    od_aggregation_macs,
+    od_deployed_params,
+    od_dynamic_params,
+    od_layers,
+    od_param_breakdown,
+)
 
 PROG = "padnet_table"
 PAPER_TABLE = Path(__file__).resolve().parent / "paper_tables" / "padnet.yaml"
 QUICK_VARIANTS = ("static_resnet50", "dy_resnet50", "pad_resnet50", "static_mobilenetv2_w1.0", "dy_mobilenetv2_w1.0",
-                  "pad_mobilenetv2_w1.0")
+                  "pad_mobilenetv2_w1.0", "od_resnet50", "od_resnet50_pad", "od_mobilenetv2_100",
+                  "od_mobilenetv2_100_pad")
 MODEL_KEYS = ("variant", "type", "kwargs", "stored_params", "macs", "aggregation")
+OD_MODEL_KEYS = ("variant", "type", "kwargs", "stored_params", "macs")  # the original's aggregation is element-wise
 COUNT_COLUMNS = ("variant", "type", "kappa", "stored_params", "stored_params_original", "deployed_params",
                  "deployed_params_original", "dynamic_params", "macs", "macs_original", "aggregation_macs",
                  "sparse_aggregation_macs")
@@ -57,10 +69,14 @@ def check_paper_table(table: Any, path: str) -> None:
     models = table.get("models") if isinstance(table, dict) else None
     if not isinstance(models, list) or not models or not isinstance(table.get("kappas"), list):
         raise UserError(f"paper table {path} needs a non-empty 'models' list and a 'kappas' list")
-    for i, row in enumerate(models):
-        missing = [k for k in MODEL_KEYS if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise UserError(f"paper table {path}: model {i} lacks {', '.join(missing)}")
+    for key, keys in (("models", MODEL_KEYS), ("od_models", OD_MODEL_KEYS)):
+        rows = table.get(key, [])
+        if not isinstance(rows, list):
+            raise UserError(f"paper table {path}: '{key}' must be a list")
+        for i, row in enumerate(rows):
+            missing = [k for k in keys if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise UserError(f"paper table {path}: {key[:-1].replace('_', ' ')} {i} lacks {', '.join(missing)}")
 
 
 def count_row(row: dict[str, Any], kappas: Sequence[float]) -> dict[str, Any]:
@@ -81,13 +97,35 @@ def count_row(row: dict[str, Any], kappas: Sequence[float]) -> dict[str, Any]:
             "ok": ok}
 
 
+def count_od_row(row: dict[str, Any], kappas: Sequence[float]) -> dict[str, Any]:
+    """Our counts of one ODConv table row (:mod:`padnet.dyconv.odconv`), in :func:`count_row`'s layout; ``ok``
+    compares the stored parameters, the conv + attention MACs and the deployed parameters."""
+    with torch.device("meta"):
+        model = build_model(row["type"], **row["kwargs"]).eval()
+    aggregation = od_aggregation_macs(model)
+    dynamic_kernels = od_param_breakdown(model)["dynamic_kernels"]  # K N
+    is_pad = "deployed" in row
+    macs = count_macs(model, torch.zeros(1, 3, 224, 224, device="meta")).total - aggregation
+    ours = {"stored_params": stored_params(model), "macs": macs, "aggregation": aggregation,
+            "dynamic_kernels": dynamic_kernels,
+            "deployed": {k: od_deployed_params(model, k) for k in kappas} if is_pad else None,
+            "dynamic_params": {k: round(k * dynamic_kernels) for k in kappas} if is_pad else None,
+            "sparse_aggregation": {k: round(k * aggregation) for k in kappas} if is_pad else None}
+    ok = ours["stored_params"] == row["stored_params"] and ours["macs"] == row["macs"]
+    if is_pad:
+        ok = ok and all(ours["deployed"][k] == row["deployed"][k] for k in row["deployed"])
+    return {"variant": row["variant"], "type": row["type"], "kwargs": row["kwargs"], "table": row, "ours": ours,
+            "ok": ok}
+
+
 def format_counts(rows: Sequence[dict[str, Any]], kappas: Sequence[float]) -> str:
     body = []
     for r in rows:
         ours, table = r["ours"], r["table"]
         deployed = " / ".join(f"{ours['deployed'][k] / 1e6:.2f}" for k in kappas) if ours["deployed"] else "–"
+        full = ours.get("dynamic_kernels", ours["aggregation"])  # K N (ODConv with K = 1 aggregates nothing)
         dynamic = " / ".join(f"{ours['dynamic_params'][k] / 1e6:.2f}" for k in kappas) if ours["dynamic_params"] \
-            else (f"{ours['aggregation'] / 1e6:.2f}" if ours["aggregation"] else "0")
+            else (f"{full / 1e6:.2f}" if full else "0")
         aggregation = f"{ours['aggregation'] / 1e6:.2f}"
         if ours["sparse_aggregation"]:
             aggregation += " dense; " + " / ".join(f"{ours['sparse_aggregation'][k] / 1e6:.2f}" for k in kappas)
@@ -130,14 +168,22 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict[str, Any]:
     config = dyconv_main.load_model_config(args.config_file)
     model = build_model(config["type"], **config["kwargs"])
     dyconv_main.load_weight(model, args.weight)
-    macs = count_model_macs(model, (3, args.input_size, args.input_size))
-    kernels = param_breakdown(model).dynamic_kernels
+    if od_layers(model):  # an ODConv / ODConv-PAD model
+        model.eval()
+        aggregation = od_aggregation_macs(model)
+        total = count_macs(model, torch.zeros(1, 3, args.input_size, args.input_size)).total
+        kernels, dynamic = od_param_breakdown(model)["dynamic_kernels"], od_dynamic_params(model)
+        macs = {"macs": total - aggregation, "aggregation_macs": aggregation}
+        deployed = od_deployed_params(model)
+    else:
+        counted = count_model_macs(model, (3, args.input_size, args.input_size))
+        kernels, dynamic = param_breakdown(model).dynamic_kernels, dynamic_params(model)
+        macs = {"macs": counted.conv_and_attention, "aggregation_macs": counted.aggregation}
+        deployed = deployed_params(model)
     return {"weight": args.weight, "model": config["type"], "dataset": args.dataset, "input_size": args.input_size,
             **{k: result["evaluate"][k] for k in ("acc1", "acc5", "loss")}, "temperature": result["temperature"],
-            "stored_params": stored_params(model), "deployed_params": deployed_params(model),
-            "dynamic_params": dynamic_params(model),
-            "dynamic_ratio": dynamic_params(model) / kernels if kernels else 0.0,
-            "macs": macs.conv_and_attention, "aggregation_macs": macs.aggregation}
+            "stored_params": stored_params(model), "deployed_params": deployed, "dynamic_params": dynamic,
+            "dynamic_ratio": dynamic / kernels if kernels else 0.0, **macs}
 
 
 def format_checkpoint(row: dict[str, Any]) -> str:
@@ -163,8 +209,13 @@ def run(args: argparse.Namespace) -> int:
     kappas = [float(k) for k in table["kappas"]]
     models = [m for m in table["models"] if not args.quick or m["variant"] in QUICK_VARIANTS]
     rows = [count_row(m, kappas) for m in models]
+    od_rows = [count_od_row(m, kappas) for m in table.get("od_models", [])
+               if not args.quick or m["variant"] in QUICK_VARIANTS]
     counts_md = format_counts(rows, kappas)
     print(counts_md)
+    od_md = format_counts(od_rows, kappas) if od_rows else ""
+    print(od_md)
+    rows += od_rows
     ok = all(r["ok"] for r in rows)
     print("counts: " + ("every count of every model reproduced exactly" if ok else "DIFFERENCES above"))
     write_counts_csv(rows, kappas, out_dir / "padnet_counts.csv")
@@ -175,6 +226,12 @@ def run(args: argparse.Namespace) -> int:
                 "kappa K N + (1 - kappa) N; dynamic params = kappa K N; MACs at batch 1 (multiply-adds).\n", counts_md,
                 "\nThe accuracy claims: `python -m benchmarks.proxies.padnet` (DY-Conv, digits) and "
                 "`python -m benchmarks.proxies.padnet_moe` (MoE, SST-2).\n"]
+    if od_rows:
+        sections += ["\n## ODConv and ODConv-PAD at 224x224, 1000 classes\n",
+                     f"Reference: {table.get('od_source', args.paper_table)}. The original aggregates the ODConv "
+                     "kernels element-wise, which the counter does not see, so its MACs are conv + attention heads; "
+                     "the aggregation column is ours (one matrix product, K N MACs, none for K = 1). With K = 1 "
+                     "(the MobileNetV2 default) a PAD layer's K D + (N - D) is N at any kappa.\n", od_md]
     if args.weight:
         checkpoint_md = format_checkpoint(evaluate_checkpoint(args))
         print(checkpoint_md)

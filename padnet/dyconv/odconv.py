@@ -38,8 +38,8 @@ from torch import nn
 from padnet.dyconv.layers import INITIAL_TEMPERATURE, DynamicNet, check_lambda, scale_factors
 
 __all__ = ["MIN_ATTENTION_CHANNELS", "REDUCTION", "DeployedODConv2d_PAD", "ODAttention", "ODAttention_PAD",
-           "ODConv2d", "ODConv2d_PAD", "ODNet", "deploy", "od_aggregation_macs", "od_deployed_params", "od_layers",
-           "od_param_breakdown"]
+           "ODConv2d", "ODConv2d_PAD", "ODNet", "deploy", "od_aggregation_macs", "od_deployed_params",
+           "od_dynamic_params", "od_layers", "od_param_breakdown"]
 
 REDUCTION = 0.0625         # attention width = max(int(in_planes * reduction), min_channel), the original's defaults
 MIN_ATTENTION_CHANNELS = 16
@@ -370,6 +370,11 @@ def od_param_breakdown(model: nn.Module) -> dict[str, int]:
         parts["phi"] += layer.phi_d.numel() if hasattr(layer, "phi_d") else 0
     parts["other"] = sum(p.numel() for p in model.parameters()) - sum(parts.values())
     return parts
+
+
+def od_dynamic_params(model: nn.Module) -> int:
+    """The number of dynamic parameters ``K D`` summed over the ODConv layers (``K N`` for plain ODConv)."""
+    return sum(layer.kernel_num * _dynamic_positions(layer) for _, layer in od_layers(model))
 
 
 def od_deployed_params(model: nn.Module, kappa: float | None = None) -> int:

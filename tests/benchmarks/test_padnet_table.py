@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.padnet_table import COUNT_COLUMNS, PAPER_TABLE, main
+from benchmarks.padnet_table import COUNT_COLUMNS, PAPER_TABLE, count_od_row, main
 from common.errors import run_cli
 from padnet.dyconv import main as dyconv_main
 
@@ -26,10 +26,16 @@ def test_counts_reproduced_and_drift_fails(tmp_path, capsys):
     row = next(line for line in out.splitlines() if line.startswith("| pad_resnet50 "))
     assert _cells(row)[:4] == ["pad_resnet50", "120,583,980", "120,583,980", "33.84 / 47.90 / 61.97 / 97.14"]
     assert _cells(row)[-1] == "ok"
+    od_row = next(line for line in out.splitlines() if line.startswith("| od_resnet50_pad "))
+    assert _cells(od_row)[:4] == ["od_resnet50_pad", "111,391,160", "111,391,160", "34.89 / 47.29 / 59.70 / 90.71"]
+    assert _cells(od_row)[-1] == "ok"
     report = (tmp_path / "ok" / "padnet.md").read_text()
     assert "Command: `python -m benchmarks.padnet_table --quick" in report and "benchmarks.proxies.padnet" in report
+    assert "## ODConv and ODConv-PAD at 224x224" in report
     rows = (tmp_path / "ok" / "padnet_counts.csv").read_text().splitlines()
-    assert rows[0] == ",".join(COUNT_COLUMNS) and len(rows) == 1 + 4 * 2 + 4
+    assert rows[0] == ",".join(COUNT_COLUMNS) and len(rows) == 1 + (4 * 2 + 4) + (4 * 2 + 2)
+    assert any(r.startswith("od_mobilenetv2_100_pad,od_mobilenetv2_100_pad,0.3,7155102,7155102,4966206,4966206,")
+               for r in rows)
     pad50 = "pad_resnet50,DyResNet50_PAD,0.3,120583980,120583980,47902918,47902918,28134605,"
     assert any(r.startswith(pad50) for r in rows)
 
@@ -40,6 +46,16 @@ def test_counts_reproduced_and_drift_fails(tmp_path, capsys):
     tampered.write_text(yaml.safe_dump(table))
     assert main(["--quick", "--paper-table", str(tampered), "--output-dir", str(tmp_path / "bad")]) == 1
     assert "DIFFERS" in capsys.readouterr().out
+
+
+def test_odconv_drift_is_caught():
+    """An ODConv row whose MAC or deployed count is off by one no longer reproduces."""
+    table = yaml.safe_load(PAPER_TABLE.read_text())
+    row = next(m for m in table["od_models"] if m["variant"] == "od_mobilenetv2_050_pad")
+    assert count_od_row(row, table["kappas"])["ok"]
+    assert not count_od_row({**row, "macs": row["macs"] + 1}, table["kappas"])["ok"]
+    assert not count_od_row({**row, "deployed": {**row["deployed"], 0.5: row["deployed"][0.5] + 1}},
+                            table["kappas"])["ok"]
 
 
 def test_evaluates_a_given_checkpoint(tmp_path, capsys):
