@@ -22,6 +22,10 @@
 * :class:`DeployedODConv2d_PAD` / :func:`deploy`: the inference form after Iterative Mode Partition, storing only
   the ``K D`` dynamic factors and the ``N - D`` static values (``padnet/README.md``, "ODConv").
 
+Configurations (``common.configurations``, :class:`ODNet`): an ODConv model runs ``"dynamic"``; an ODConv-PAD model
+``"training"`` (the formula above, differentiable in the mask, for IMP and training; the default) or ``"deployed"``
+(inference at the fixed partition through :class:`DeployedODConv2d_PAD`; the same values).
+
 The per-sample kernels run as one grouped convolution over the batch, as in the original. The kernel aggregation
 ``sum_k a_k W_k`` is one matrix product (``K N`` MACs, counted by :func:`od_aggregation_macs`).
 """
@@ -35,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.configurations import ConfigurationError, check_configuration
 from padnet.dyconv.layers import INITIAL_TEMPERATURE, DynamicNet, check_lambda, scale_factors
 
 __all__ = ["MIN_ATTENTION_CHANNELS", "REDUCTION", "DeployedODConv2d_PAD", "ODAttention", "ODAttention_PAD",
@@ -59,7 +64,10 @@ def _per_sample_conv(x: torch.Tensor, kernels: torch.Tensor, conv: nn.Module) ->
 
 
 class _ODShape(nn.Module):
-    """What every ODConv layer shares: the conv arguments, the kernel shape and the attention temperature."""
+    """What every ODConv layer shares: the conv arguments, the kernel shape, the attention temperature and the
+    named forms (``forms``; ``form`` is the one it runs, the last of ``forms`` at construction)."""
+
+    forms: tuple[str, ...] = ()
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int, padding: int, dilation: int,
                  groups: int, kernel_num: int):
@@ -74,6 +82,7 @@ class _ODShape(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
         self.kernel_num = kernel_num
         self.temperature = INITIAL_TEMPERATURE
+        self.form = self.forms[-1]
 
     @property
     def kernel_shape(self) -> tuple[int, int, int, int]:
@@ -205,7 +214,9 @@ class ODAttention_PAD(ODAttention):  # noqa: N801 (the original class name)
 class ODConv2d(_ODShape):
     """ODConv (Li et al. 2022, Sec. 3.2): ``kernels_weights`` (K, O, I/g, k, k), each kernel He-initialised
     (fan out), and :class:`ODAttention`. With ``k = 1`` and ``K = 1`` it is a plain conv between the channel and
-    filter attentions, as in the original."""
+    filter attentions, as in the original. One form, ``"dynamic"``."""
+
+    forms = ("dynamic",)
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, reduction: float = REDUCTION, kernel_num: int = 4):
@@ -247,7 +258,13 @@ class ODConv2d_PAD(ODConv2d):  # noqa: N801 (the original class name)
     Iterative Mode Partition sets, ``phi_d`` the kernel's scale logit (0 at init). ``Lambda`` (default "both", what
     the original's models run) chooses the scale factors of the kernel and of the attentions (:func:`scale_factors`).
     The static kernel is He-initialised like the factors (the original leaves it ``N(0, 1)``).
+
+    Forms: ``"training"`` (default) computes the kernel from the parameters and the mask (differentiable in both, as
+    IMP needs); ``"deployed"`` runs :class:`DeployedODConv2d_PAD` (inference only; built once and rebuilt only when
+    a parameter or buffer changes).
     """
+
+    forms = ("deployed", "training")
 
     def __init__(self, in_planes: int, out_planes: int, kernel_size: int, stride: int = 1, padding: int = 0,
                  dilation: int = 1, groups: int = 1, reduction: float = REDUCTION, kernel_num: int = 4,
@@ -270,18 +287,36 @@ class ODConv2d_PAD(ODConv2d):  # noqa: N801 (the original class name)
         return lambda_d * mask * self.dynamic_kernel(kernel, spatial) + lambda_s * (1 - mask) * self.weight
 
     def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
+        if self.form == "deployed":
+            return self._deployed(x, temperature)
         channel, filt, spatial, kernel = self.attention(x, self._temperature(temperature))
         return self._convolve(x * channel, self.computational_kernel(kernel, spatial), filt)
 
+    def _deployed(self, x: torch.Tensor, temperature: float | None) -> torch.Tensor:
+        """The ``"deployed"`` forward: a :class:`DeployedODConv2d_PAD` of this layer, cached until a parameter or a
+        buffer changes (by storage and version counter: in-place updates, ``load_state_dict`` and ``.to()``)."""
+        if self.training and torch.is_grad_enabled():
+            raise ConfigurationError(f"configuration 'deployed' of {type(self).__name__} is for inference (the "
+                                     "partition is baked in): call .eval(), or set_configuration('training') to train")
+        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        cached = self.__dict__.get("_deployed_form")
+        if cached is None or cached[0] != key:
+            with torch.no_grad(), torch.inference_mode(False):
+                cached = (key, DeployedODConv2d_PAD(self).eval().requires_grad_(False))
+            self.__dict__["_deployed_form"] = cached
+        return cached[1](x, self._temperature(temperature))
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, Lambda={self.Lambda}"
+        return f"{super().extra_repr()}, Lambda={self.Lambda}, form={self.form}"
 
 
 class DeployedODConv2d_PAD(ODConv2d):  # noqa: N801
     """An :class:`ODConv2d_PAD` in deployment form: ``dynamic_factors`` (K, D) at the dynamic positions
     ``dynamic_index`` and ``static_values`` (N - D) at ``static_index`` (index buffers into the flattened kernel),
     the attention and ``phi_d``; the computational kernel is built from those alone (Eq. 5 with the masked-out
-    entries dropped), so the aggregation costs ``K D`` MACs per sample."""
+    entries dropped), so the aggregation costs ``K D`` MACs per sample. One form, ``"deployed"``."""
+
+    forms = ("deployed",)
 
     def __init__(self, layer: ODConv2d_PAD):
         _ODShape.__init__(self, layer.in_planes, layer.out_planes, layer.kernel_size, layer.stride, layer.padding,
@@ -321,7 +356,26 @@ def od_layers(model: nn.Module) -> list[tuple[str, ODConv2d]]:
 
 class ODNet(DynamicNet):
     """Base of the OD models: ``temperature`` (31 at init, as the original's models) reaches every ODConv layer
-    when set (by ``padnet.dyconv.layers.set_temperature`` or the original's ``update_temperature``)."""
+    when set (by ``padnet.dyconv.layers.set_temperature`` or the original's ``update_temperature``).
+
+    Configurations (``common.configurations``): the forms of the ODConv layers, ``["deployed", "training"]`` for an
+    ODConv-PAD model (cheapest first; ``"training"`` is the default) and ``["dynamic"]`` for ODConv.
+    """
+
+    def configurations(self) -> list[str]:
+        forms = [layer.forms for _, layer in od_layers(self)]
+        return [name for name in (forms[0] if forms else ()) if all(name in f for f in forms)]
+
+    def set_configuration(self, name: str) -> None:
+        check_configuration(self, name)
+        for _, layer in od_layers(self):
+            layer.form = name
+
+    @property
+    def configuration(self) -> str | None:
+        """The form the ODConv layers run (None when they differ)."""
+        forms = {layer.form for _, layer in od_layers(self)}
+        return forms.pop() if len(forms) == 1 else None
 
     @property
     def temperature(self) -> float:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from common.configurations import ConfigurationError
 from common.errors import UserError, run_cli
 from common.flops import count_macs
 from padnet.dyconv import main as dyconv_main
@@ -249,6 +250,37 @@ def test_deployed_model_equals_training_model_and_counts(type_name):
     assert dense - od_aggregation_macs(model) == sparse - od_aggregation_macs(compact)
     assert od_aggregation_macs(model) == 4 * positions
     assert od_aggregation_macs(compact) == 4 * (positions - int((1 - 0.3) * positions))
+
+
+def test_configurations():
+    """ODConv-PAD: "deployed" (cheapest first) and "training"; the deployed form computes the training form's values,
+    is refused in training mode and follows a parameter change; ODConv: "dynamic" only."""
+    model = _tiny("od_mobilenetv2_pad")
+    assert model.configurations() == ["deployed", "training"] and model.configuration == "training"
+    _randomise(model, seed=5)
+    _partition(model, 0.4)
+    model.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        training = model(x)
+        model.set_configuration("deployed")
+        assert {layer.form for _, layer in od_layers(model)} == {"deployed"}
+        torch.testing.assert_close(model(x), training, atol=1e-5, rtol=1e-4)
+        layer = pad_layers(model)[0][1]
+        layer.phi_d.add_(1.0)  # the cached deployed form is rebuilt
+        deployed = model(x)
+        model.set_configuration("training")
+        torch.testing.assert_close(deployed, model(x), atol=1e-5, rtol=1e-4)
+    model.set_configuration("deployed")
+    model.train()
+    with pytest.raises(ConfigurationError, match="for inference"):
+        model(x)
+    with pytest.raises(ConfigurationError, match="has no configuration 'dynamic'"):
+        model.set_configuration("dynamic")
+    plain = _tiny("od_resnet10")
+    assert plain.configurations() == ["dynamic"]
+    plain.set_configuration("dynamic")
+    assert deploy(model).configurations() == ["deployed"]
 
 
 def test_temperature_reaches_every_layer():
