@@ -46,13 +46,20 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "lr_warmup_epochs": 0,
     "print_freq": 10,
     "train_skip_cfg": None,
+    "freeze_params": False,
 }
 
 
+def _uncompiled(model: nn.Module) -> nn.Module:
+    """The module inside a ``torch.compile`` wrapper and DDP / DataParallel (``--torch-compile``)."""
+    return unwrap_model(getattr(model, "_orig_mod", model))
+
+
 def core_model(model: nn.Module) -> nn.Module:
-    """The ADN model inside DDP / DataParallel, EMA (``AveragedModel``) and :class:`StageFeatures` wrappers."""
+    """The ADN model inside ``torch.compile``, DDP / DataParallel, EMA (``AveragedModel``) and
+    :class:`StageFeatures` wrappers."""
     while True:
-        inner = unwrap_model(model)
+        inner = _uncompiled(model)
         if isinstance(inner, AveragedModel):
             inner = inner.module
         if isinstance(inner, StageFeatures):
@@ -60,6 +67,23 @@ def core_model(model: nn.Module) -> nn.Module:
         if inner is model:
             return model
         model = inner
+
+
+def freeze_all_but_classifier(model: nn.Module) -> int:
+    """``--freeze_params``: only the classification head stays trainable (``requires_grad``); returns the number
+    of trainable parameters. The BatchNorm statistics are kept by :func:`freeze_norm_statistics`."""
+    model = core_model(model)
+    head = model.classifier_name + "."
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith(head))
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def freeze_norm_statistics(model: nn.Module) -> None:
+    """Put every BatchNorm in evaluation mode, so that training passes use and keep its running statistics."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def super_and_base_cfgs(model: nn.Module) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
@@ -119,8 +143,8 @@ def train_step(
     ``loss_kd``, and the top-1 / top-5 training accuracies (percent) of the super-net (``acc1``, ``acc5``) and
     the base-net (``acc1_skip``, ``acc5_skip``).
     """
-    if fpn and not isinstance(unwrap_model(model), StageFeatures):
-        if unwrap_model(model) is not model:
+    if fpn and not isinstance(_uncompiled(model), StageFeatures):
+        if _uncompiled(model) is not model:
             raise ValueError("with fpn=True wrap the model in adn.features.StageFeatures before DDP")
         model = StageFeatures(model)
     super_cfg, base_cfg = super_and_base_cfgs(model)
@@ -218,7 +242,8 @@ def train_one_epoch(
     ``args`` is any object with the attributes of :data:`TRAIN_DEFAULTS` (missing ones take those defaults):
     ``subpath_alpha``, ``subpath_temp``, ``subpath_topk``, ``fpn``, ``clip_grad_norm``, ``model_ema_steps``,
     ``lr_warmup_epochs``, ``print_freq`` (how often the progress bar's numbers are refreshed), ``train_skip_cfg``
-    (None: ADN's self-distillation; a configuration name such as ``"TTTT"``: :func:`train_step_single` instead).
+    (None: ADN's self-distillation; a configuration name such as ``"TTTT"``: :func:`train_step_single` instead),
+    ``freeze_params`` (the BatchNorm statistics stay frozen: :func:`freeze_norm_statistics`).
 
     Returns the epoch means over all processes (weighted by batch size): ``loss_full_acc`` (alpha * CE),
     ``loss_ce``, ``loss_softmax_kd`` (top-K KD, unweighted), ``loss_features_kd`` (with fpn), ``loss_kd`` (the
@@ -227,6 +252,8 @@ def train_one_epoch(
     ``train_skip_cfg``: ``loss_ce``, ``acc1`` and ``acc5`` of the trained configuration, ``lr`` and ``img/s``.
     """
     model.train()
+    if _hp(args, "freeze_params"):
+        freeze_norm_statistics(model)
     single = _hp(args, "train_skip_cfg")
     names = SINGLE_METRIC_NAMES if single is not None else EPOCH_METRIC_NAMES
     fpn = bool(_hp(args, "fpn"))

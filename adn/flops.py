@@ -54,9 +54,12 @@ TORCH = Convention("torch", "torch.utils.flop_counter.FlopCounterMode / 2 (conv,
 README_CONVENTIONS: dict[str, Convention] = {
     "resnet50": FVCORE,
     "resnet101": FVCORE,  # not in the README; the ResNet family's counter
+    "resnet50vd": FVCORE,  # not in the README (the original's HEAD); the ResNet family's counter
+    "resnet101vd": FVCORE,
     "resnet_adn_cifar": FVCORE,  # the proxy model; the ResNet family's counter
     "mobilenet_v2": PTFLOPS,
     "swin_t": TORCH,
+    "swin_v2_t": TORCH,  # in the original but not in its README; the Swin family's counter
     "vit_b_16": FVCORE,
     "vit_b_32": FVCORE,  # not in the README; the ViT family's counter
 }

@@ -31,6 +31,7 @@ from adn.engine import (
     evaluate,
     evaluate_all_skip_cfgs,
     format_skip_cfg_table,
+    freeze_all_but_classifier,
     super_and_base_cfgs,
     train_one_epoch,
     write_skip_cfg_csv,
@@ -135,6 +136,10 @@ def build_loaders(train_set: Dataset | None, val_set: Dataset, num_classes: int,
 # ------------------------------------------------------------------------------------------------ checks
 def check_args(args: argparse.Namespace) -> None:
     """Reject flag values that cannot work, before anything is loaded or written."""
+    if args.imagenet21k or args.tree_path is not None:
+        raise UserError("--imagenet21k / --tree_path (the original's semantic-softmax training on ImageNet-21K) are "
+                        "not supported: the original deleted that loss and its class tree; train on ImageNet-21K "
+                        "as an ImageFolder with --num-classes instead (see adn/README.md, Differences)")
     if args.model not in MODELS:
         raise UserError(f"--model {args.model} is not an ADN model; choose one of: {', '.join(MODELS)}")
     if args.fpn and args.model not in FPN_MODELS:
@@ -145,6 +150,8 @@ def check_args(args: argparse.Namespace) -> None:
             if not SKIP_TOKEN.match(str(token)):
                 raise UserError(f"{flag}: {token!r} is not a skip flag; write one flag per skippable stage as "
                                 "True/False/T/F/1/0, or compactly as e.g. TFTF (T = skip the stage's sub-path)")
+    if args.torch_compile and args.test_only:
+        raise UserError("--torch-compile compiles the training passes (as in the original); drop it with --test-only")
     if args.train_skip_cfg is not None and args.test_only:
         raise UserError("--train-skip-cfg chooses what to train; with --test-only use --skip-cfg")
     if args.train_skip_cfg is not None and args.fpn:
@@ -232,12 +239,18 @@ def _run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
                             "--device cpu")
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     train_loader, val_loader = build_loaders(train_set, val_set, num_classes, args, info)
+    if args.freeze_params:
+        trainable = freeze_all_but_classifier(model)
+        print_main(f"--freeze_params: training only {model.classifier_name} ({trainable:,} parameters); "
+                   "BatchNorm statistics frozen")
 
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
     optimizer = build_optimizer(parameter_groups(model, args), args)
     scaler = torch.amp.GradScaler(device.type) if args.amp else None
     lr_scheduler = build_lr_scheduler(optimizer, args)
     net = wrap_ddp(StageFeatures(model) if args.fpn else model, info, find_unused_parameters=True)
+    if args.torch_compile:  # the original compiled the (DDP-wrapped) model for training only
+        net = torch.compile(net)
 
     model_ema = None
     if args.model_ema:
@@ -356,8 +369,8 @@ def _train(net, model, model_ema, criterion, optimizer, lr_scheduler, scaler, tr
         last = {"epoch": epoch, "train": train_metrics, "val": val}
     print_main(f"Training time {datetime.timedelta(seconds=int(time.time() - start))}")
 
-    if args.eval_all_skip_cfgs:
-        eval_model = model_ema if model_ema is not None else net
+    if args.eval_all_skip_cfgs:  # uncompiled: 2^S configurations would each compile a graph
+        eval_model = model_ema if model_ema is not None else getattr(net, "_orig_mod", net)
         rows = evaluate_all_skip_cfgs(eval_model, criterion, val_loader, device)
         tag = " (EMA)" if model_ema is not None else ""
         print_main(f"All skip configurations{tag} (MACs = multiply-adds per image):")
@@ -456,6 +469,15 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     add("--clip-grad-norm", default=None, type=positive_float,
         help="clip the gradient norm to this value (default: None)")
     add("--amp", action="store_true", help="mixed precision (torch.autocast + one GradScaler for both passes)")
+    add("--torch-compile", action="store_true",
+        help="train through torch.compile (the original's HEAD flag; the first steps of each configuration compile)")
+    add("--freeze_params", "--freeze-params", action="store_true", dest="freeze_params",
+        help="freeze the parameters and the BatchNorm statistics of everything but the classification head (the "
+             "original's HEAD help text; its code there is commented out)")
+    add("--imagenet21k", action="store_true",
+        help="the original's HEAD semantic-softmax ImageNet-21K training: not supported (an error; see README)")
+    add("--tree_path", "--tree-path", default=None, dest="tree_path",
+        help="the ImageNet-21K class tree of --imagenet21k: not supported (an error; see README)")
     # EMA
     add("--model-ema", action="store_true",
         help="keep an exponential moving average of the weights and buffers and evaluate it too; with "

@@ -41,6 +41,9 @@ def from_torchvision(state_dict: Mapping[str, torch.Tensor], model: nn.Module) -
 
     Raises ``ValueError`` when the two architectures do not line up (another model, another class count).
     """
+    if getattr(model, "variant", "a") == "d":
+        raise ValueError("torchvision has no ResNet-D (average-pool shortcut) model to convert from; "
+                         "resnet50vd / resnet101vd start from scratch or from an ADN checkpoint")
     target = model.state_dict()
     ours = [k for k in target if not is_skip_norm_key(k)]
     theirs = list(state_dict)

@@ -64,10 +64,14 @@ class InvertedResidual(nn.Module):
 class MobileNetV2ADN(AdaptiveDepthMixin, nn.Module):
     """MobileNetV2 with 5 skip flags. ``features`` = [stem, t=1 block, 5 skippable stages, 320 block, 1x1 conv]."""
 
+    classifier_name = "classifier"
+
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, dropout: float = 0.2,
                  inverted_residual_setting: list[list[int]] | None = None, skip_aware_norms: bool = True):
         super().__init__()
         setting = inverted_residual_setting or INVERTED_RESIDUAL_SETTING
+        self.arch = {"inverted_residual_setting": [list(s) for s in setting], "width_mult": width_mult,
+                     "dropout": dropout}
         self.num_skippable_stages = sum(1 for *_, n, _ in setting if n >= 2)
         self._skip_cfg = (False,) * self.num_skippable_stages
         kw = {"skip_aware_norms": skip_aware_norms}

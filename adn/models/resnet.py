@@ -5,6 +5,11 @@ rest the skippable one; for ResNet-50 ([3, 4, 6, 3]) the skippable blocks are ``
 ``layer3.3-5`` and ``layer4.2``. Mandatory blocks carry skip-aware batch norms ``bn{1,2,3}_skip``, used when
 their stage is skipped; the stem ``bn1`` and the ``downsample`` norms are never switched. Module names and
 state-dict order are those of the original repository (``wchkang/depth``), so its checkpoints load strictly.
+
+``resnet50vd`` / ``resnet101vd`` are the original's later "variant d" (ResNet-D downsampling, He et al. 2019,
+"Bag of Tricks", Sec. 4.1): a stride-2 shortcut averages 2x2 patches (``AvgPool2d(2, 2, ceil_mode=True)``) before
+a stride-1 1x1 convolution, so its keys are ``downsample.1`` (conv) and ``downsample.2`` (BN). The stem stays the
+7x7 convolution and ``layer1``'s stride-1 shortcut is unchanged.
 """
 
 from __future__ import annotations
@@ -48,10 +53,17 @@ class ResNetADN(AdaptiveDepthMixin, nn.Module):
     """ResNet with one skip flag per stage. ``forward(x, skip_cfg)``; ``forward_features`` returns the stage
     outputs as well, for the feature-level distillation of ``--fpn``."""
 
+    classifier_name = "fc"
+
     def __init__(self, layers: Iterable[int] = (3, 4, 6, 3), num_classes: int = 1000, width: int = 64,
-                 stem: str = "imagenet", skip_aware_norms: bool = True, zero_init_residual: bool = False):
+                 stem: str = "imagenet", skip_aware_norms: bool = True, zero_init_residual: bool = False,
+                 variant: str = "a"):
         super().__init__()
+        if variant not in ("a", "d"):
+            raise ValueError(f"ResNet-ADN variant must be 'a' (torchvision) or 'd' (average-pool shortcut), "
+                             f"got {variant!r}")
         layers = list(layers)
+        self.variant = variant
         self.num_skippable_stages = len(layers)
         self._skip_cfg = (False,) * len(layers)
         self.inplanes = width
@@ -83,9 +95,12 @@ class ResNetADN(AdaptiveDepthMixin, nn.Module):
 
     def _make_layer(self, planes: int, blocks: int, stride: int, skip_aware_norms: bool) -> SkippableSequential:
         downsample = None
-        if stride != 1 or self.inplanes != planes * Bottleneck.expansion:
-            downsample = nn.Sequential(conv1x1(self.inplanes, planes * Bottleneck.expansion, stride),
-                                       nn.BatchNorm2d(planes * Bottleneck.expansion))
+        out = planes * Bottleneck.expansion
+        if stride != 1 and self.variant == "d":
+            downsample = nn.Sequential(nn.AvgPool2d(2, 2, 0, ceil_mode=True), conv1x1(self.inplanes, out),
+                                       nn.BatchNorm2d(out))
+        elif stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(conv1x1(self.inplanes, out, stride), nn.BatchNorm2d(out))
         n_mandatory = min((blocks + 1) // 2, blocks - 1)
         stage = [Bottleneck(self.inplanes, planes, stride, downsample, skip_aware_norms=skip_aware_norms)]
         self.inplanes = planes * Bottleneck.expansion
@@ -124,8 +139,19 @@ def resnet101(**kwargs) -> ResNetADN:
     return ResNetADN((3, 4, 23, 3), **kwargs)
 
 
+def resnet50vd(**kwargs) -> ResNetADN:
+    """ResNet50vd-ADN: ResNet50-ADN with average-pool shortcuts in the stride-2 stages (the original's HEAD)."""
+    return ResNetADN((3, 4, 6, 3), variant="d", **kwargs)
+
+
+def resnet101vd(**kwargs) -> ResNetADN:
+    """ResNet101vd-ADN: ResNet101-ADN with average-pool shortcuts in the stride-2 stages (the original's HEAD)."""
+    return ResNetADN((3, 4, 23, 3), variant="d", **kwargs)
+
+
 def resnet_adn_cifar(**kwargs) -> ResNetADN:
-    """The proxy experiment's small ResNet-ADN (spec Sec. g): [2, 2, 4, 2] Bottlenecks, width 16, 3x3 stem."""
+    """The proxy experiment's small ResNet-ADN (adn/README.md, proxy section): [2, 2, 4, 2] Bottlenecks, width 16,
+    3x3 stem."""
     kwargs.setdefault("width", 16)
     kwargs.setdefault("stem", "cifar")
     return ResNetADN((2, 2, 4, 2), **kwargs)

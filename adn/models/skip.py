@@ -13,6 +13,8 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from common.configurations import check_configuration
+
 SkipCfg = tuple[bool, ...]
 
 _TRUE = {"true", "t", "1"}
@@ -75,10 +77,13 @@ class AdaptiveDepthMixin:
     """The configuration vocabulary of an ADN model: ``skip_cfg`` default, names, and parsing.
 
     ``model.skip_cfg`` is the configuration ``forward`` uses when called without one (the super-net unless
-    set: ``model.skip_cfg = "TTTT"``); ``model.configurations()`` lists all 2^S names.
+    set: ``model.skip_cfg = "TTTT"``); ``model.configurations()`` lists all 2^S names and
+    ``model.set_configuration(name)`` selects one of them (the repository's configuration protocol,
+    ``common.configurations``), after which a plain ``model(x)`` runs it.
     """
 
     num_skippable_stages: int
+    classifier_name: str  # the attribute holding the classification head (what --freeze_params leaves trainable)
     _skip_cfg: SkipCfg
 
     @property
@@ -96,3 +101,8 @@ class AdaptiveDepthMixin:
     def configurations(self) -> list[str]:
         """All skip configuration names, super-net first (``FFFF``, ``FFFT``, ..., ``TTTT``)."""
         return [skip_cfg_name(cfg) for cfg in all_skip_cfgs(self.num_skippable_stages)]
+
+    def set_configuration(self, name: str) -> None:
+        """Run skip configuration ``name`` (e.g. ``"TTFF"``) by default; an unknown name is a
+        ``ConfigurationError`` listing the valid ones."""
+        self._skip_cfg = parse_skip_cfg(check_configuration(self, name), self.num_skippable_stages)

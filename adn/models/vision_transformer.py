@@ -70,6 +70,8 @@ class Encoder(nn.Module):
 class VisionTransformerADN(AdaptiveDepthMixin, nn.Module):
     """ViT with ``num_layers / blocks_per_stage`` skip flags."""
 
+    classifier_name = "heads"
+
     def __init__(self, image_size: int = 224, patch_size: int = 16, num_layers: int = 12, num_heads: int = 12,
                  hidden_dim: int = 768, mlp_dim: int = 3072, dropout: float = 0.0, attention_dropout: float = 0.0,
                  num_classes: int = 1000, blocks_per_stage: int = 3, skip_aware_norms: bool = True):
