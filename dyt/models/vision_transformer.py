@@ -326,10 +326,10 @@ class VisionTransformer(nn.Module):
         return self.forward_head(x), aux
 
 
-def set_dispatch_rate(model: VisionTransformer, x: torch.Tensor, rate: float, seed: int = 0) -> None:
+def set_dispatch_rate(model: VisionTransformer, x: torch.Tensor, rate: float = 0.5, seed: int = 0) -> None:
     """Calibrate the dispatchers of an untrained model so that the ``"dispatch"`` configuration keeps about a
     fraction ``rate`` of the patch tokens of ``x`` in every block, as a model fine-tuned at activation rate r
-    does (Sec. 3.1: at inference a token is kept when its logit is > 0).
+    does (Sec. 3.1: at inference a token is kept when its logit is > 0; r = 0.5 is the paper's default).
 
     Every dispatcher's ``Linear(C, 1)`` gets a random unit direction (from ``seed``) and, during one eval forward
     of ``x`` in the ``"dispatch"`` configuration, block after block, the bias that puts the ``1 - rate`` quantile
