@@ -14,9 +14,9 @@ embedded stand-ins (the original ``video_datasets/``; ``dyt/README.md``, "Video"
   no flip. The same random parameters apply to every frame of a clip. Test: short side to 224, then 1 centre crop
   (K400) or 3 crops along the long side (SSv2), so one video gives ``temporal x spatial`` views
   ``[V, 3, T, 224, 224]``. Every frame is normalised with mean = std = 0.5 (the IN21K ViT's statistics).
-* ``digits``: moving digits, the scikit-learn 8x8 digits drawn at half the frame side on a dark noisy canvas
-  and moving in a straight line with a random velocity, bouncing off the borders (32 frames per video, a
-  canvas one quarter wider than high so that spatial crops differ); the label is the digit. ``synthetic``:
+* ``digits``: moving digits, the scikit-learn 8x8 digits drawn at 3/4 of the frame side on a black canvas with
+  faint noise and moving in a straight line with a random velocity, bouncing off the borders (32 frames per video,
+  a canvas one quarter wider than high so that spatial crops differ); the label is the digit. ``synthetic``:
   :class:`common.data.vision.SyntheticImages` patterns with fresh noise in every frame. Both are generated per
   index from a fixed seed (nothing is downloaded) and go through the same sampling, transforms and views as
   real videos; they follow the K400 protocol (3 temporal x 1 spatial views) with a sampling rate of 2.
@@ -251,7 +251,7 @@ class MovingDigits:
         if classes:
             keep = torch.isin(targets, torch.tensor(classes))
             ink, targets = ink[keep], torch.tensor([classes.index(int(t)) for t in targets[keep]])
-        self.glyph = max(side // 2, 2)
+        self.glyph = max(3 * side // 4, 2)
         self.ink = F.interpolate(ink[:, None], size=(self.glyph, self.glyph), mode="bilinear",
                                  align_corners=False)[:, 0].clamp(0, 1)
         self.targets = targets.tolist()
@@ -264,20 +264,25 @@ class MovingDigits:
     def read(self, index: int) -> tuple[torch.Tensor, int]:
         gen = torch.Generator().manual_seed(self.seed + index)
         h, w = _canvas(self.side)
-        room = torch.tensor([h - self.glyph, w - self.glyph], dtype=torch.float64)
-        position = torch.rand(2, generator=gen, dtype=torch.float64) * room
-        speed = (0.5 + torch.rand(2, generator=gen, dtype=torch.float64)) * self.side / 16
-        velocity = speed * torch.where(torch.rand(2, generator=gen) < 0.5, -1.0, 1.0).double()
-        video = 0.15 + 0.05 * torch.randn(self.length, h, w, generator=gen)
-        for t in range(self.length):
-            y, x = (int(round(v)) for v in position.tolist())
-            patch = video[t, y:y + self.glyph, x:x + self.glyph]
-            video[t, y:y + self.glyph, x:x + self.glyph] = torch.maximum(patch, self.ink[index])
-            position = position + velocity
-            for axis in range(2):  # bounce off the borders
-                if position[axis] < 0 or position[axis] > room[axis]:
+        room = [h - self.glyph, w - self.glyph]
+        start, speed, sign = (torch.rand(2, generator=gen, dtype=torch.float64).tolist() for _ in range(3))
+        position = [s * r for s, r in zip(start, room, strict=True)]
+        velocity = [(0.5 + v) * self.side / 16 * (1 if d < 0.5 else -1) for v, d in zip(speed, sign, strict=True)]
+        corners = []
+        for _ in range(self.length):
+            corners.append([round(p) for p in position])
+            for axis in range(2):  # move, bouncing off the borders
+                position[axis] += velocity[axis]
+                if not 0 <= position[axis] <= room[axis]:
                     velocity[axis] = -velocity[axis]
-                    position[axis] = position[axis].clamp(0, room[axis])
+                    position[axis] = min(max(position[axis], 0.0), float(room[axis]))
+        video = 0.05 * torch.randn(self.length, h, w, generator=gen).abs()
+        offsets = torch.arange(self.glyph)
+        top_left = torch.tensor(corners)
+        frame = torch.arange(self.length)[:, None, None]
+        rows = (top_left[:, 0, None] + offsets)[:, :, None]
+        cols = (top_left[:, 1, None] + offsets)[:, None, :]
+        video[frame, rows, cols] = torch.maximum(video[frame, rows, cols], self.ink[index])
         frames = (video.clamp(0, 1) * 255).round().to(torch.uint8)
         return frames[..., None].expand(-1, -1, -1, 3), self.targets[index]
 
