@@ -21,6 +21,9 @@ from torch import nn
 
 from common.configurations import check_exportable, fold_batchnorm
 from padnet.dyconv.layers import DynamicConvBase
+from padnet.dyconv.odconv import ODConv2d
+
+_DYNAMIC_LAYERS = (DynamicConvBase, ODConv2d)  # every layer with a static_form (ODConv: padnet/dyconv/odconv.py)
 
 __all__ = ["to_static"]
 
@@ -29,7 +32,7 @@ class _DynamicLayerTracer(torch.fx.Tracer):
     """Symbolic tracing that keeps every dynamic layer as one call (it is replaced by its static form)."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, DynamicConvBase) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, _DYNAMIC_LAYERS) or super().is_leaf_module(m, module_qualified_name)
 
 
 def to_static(model: nn.Module, configuration: str, *, fold_bn: bool = False) -> nn.Module:
@@ -43,7 +46,7 @@ def to_static(model: nn.Module, configuration: str, *, fold_bn: bool = False) ->
     for node in graph.nodes:
         if node.op == "call_module":
             module = modules[node.target]
-            root[node.target] = module.static_form() if isinstance(module, DynamicConvBase) else copy.deepcopy(module)
+            root[node.target] = module.static_form() if isinstance(module, _DYNAMIC_LAYERS) else copy.deepcopy(module)
         elif node.op == "get_attr":
             root[node.target] = operator.attrgetter(node.target)(model).detach().clone()
     exported = torch.fx.GraphModule(root, graph, class_name=f"Static{type(model).__name__}").eval()

@@ -24,7 +24,8 @@
 
 Configurations (``common.configurations``, :class:`ODNet`): an ODConv model runs ``"dynamic"``; an ODConv-PAD model
 ``"training"`` (the formula above, differentiable in the mask, for IMP and training; the default) or ``"deployed"``
-(inference at the fixed partition through :class:`DeployedODConv2d_PAD`; the same values).
+(inference at the fixed partition through :class:`StaticODConv2d`, the layer with everything but the attentions
+folded into constants; the same values).
 
 The per-sample kernels run as one grouped convolution over the batch, as in the original. The kernel aggregation
 ``sum_k a_k W_k`` is one matrix product (``K N`` MACs, counted by :func:`od_aggregation_macs`).
@@ -43,7 +44,7 @@ from common.configurations import ConfigurationError, check_configuration
 from padnet.dyconv.layers import INITIAL_TEMPERATURE, DynamicNet, check_lambda, scale_factors
 
 __all__ = ["MIN_ATTENTION_CHANNELS", "REDUCTION", "DeployedODConv2d_PAD", "ODAttention", "ODAttention_PAD",
-           "ODConv2d", "ODConv2d_PAD", "ODNet", "deploy", "od_aggregation_macs", "od_deployed_params",
+           "ODConv2d", "ODConv2d_PAD", "ODNet", "StaticODConv2d", "deploy", "od_aggregation_macs", "od_deployed_params",
            "od_dynamic_params", "od_layers", "od_param_breakdown"]
 
 REDUCTION = 0.0625         # attention width = max(int(in_planes * reduction), min_channel), the original's defaults
@@ -226,6 +227,10 @@ class ODConv2d(_ODShape):
         for kernel in self.kernels_weights.data:
             _he_fan_out_(kernel)
 
+    def static_form(self, temperature: float | None = None) -> StaticODConv2d:
+        """This layer as a module of constants at ``temperature`` (default: the layer's): :class:`StaticODConv2d`."""
+        return StaticODConv2d(self, temperature)
+
     def dynamic_kernel(self, kernel: torch.Tensor | None, spatial: torch.Tensor | None,
                        factors: torch.Tensor | None = None) -> torch.Tensor:
         """``s ⊙ sum_k a_k W_k`` (B, O, I/g, k, k), or the single kernel (1, ...) when neither attention exists."""
@@ -260,8 +265,8 @@ class ODConv2d_PAD(ODConv2d):  # noqa: N801 (the original class name)
     The static kernel is He-initialised like the factors (the original leaves it ``N(0, 1)``).
 
     Forms: ``"training"`` (default) computes the kernel from the parameters and the mask (differentiable in both, as
-    IMP needs); ``"deployed"`` runs :class:`DeployedODConv2d_PAD` (inference only; built once and rebuilt only when
-    a parameter or buffer changes).
+    IMP needs); ``"deployed"`` runs :meth:`static_form` (inference only; built once and rebuilt only when the
+    temperature, a parameter or a buffer changes).
     """
 
     forms = ("deployed", "training")
@@ -293,18 +298,20 @@ class ODConv2d_PAD(ODConv2d):  # noqa: N801 (the original class name)
         return self._convolve(x * channel, self.computational_kernel(kernel, spatial), filt)
 
     def _deployed(self, x: torch.Tensor, temperature: float | None) -> torch.Tensor:
-        """The ``"deployed"`` forward: a :class:`DeployedODConv2d_PAD` of this layer, cached until a parameter or a
-        buffer changes (by storage and version counter: in-place updates, ``load_state_dict`` and ``.to()``)."""
+        """The ``"deployed"`` forward: :meth:`static_form` (the partition, the scale factors and the temperature
+        folded into constants), cached until the temperature, a parameter or a buffer changes (by storage and
+        version counter: in-place updates, ``load_state_dict`` and ``.to()``)."""
         if self.training and torch.is_grad_enabled():
             raise ConfigurationError(f"configuration 'deployed' of {type(self).__name__} is for inference (the "
                                      "partition is baked in): call .eval(), or set_configuration('training') to train")
-        key = tuple((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers()))
+        temperature = self._temperature(temperature)
+        key = (temperature, *((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers())))
         cached = self.__dict__.get("_deployed_form")
         if cached is None or cached[0] != key:
             with torch.no_grad(), torch.inference_mode(False):
-                cached = (key, DeployedODConv2d_PAD(self).eval().requires_grad_(False))
+                cached = (key, self.static_form(temperature).eval().requires_grad_(False))
             self.__dict__["_deployed_form"] = cached
-        return cached[1](x, self._temperature(temperature))
+        return cached[1](x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, Lambda={self.Lambda}, form={self.form}"
@@ -346,6 +353,108 @@ class DeployedODConv2d_PAD(ODConv2d):  # noqa: N801
     def extra_repr(self) -> str:
         return (f"{_ODShape.extra_repr(self)}, Lambda={self.Lambda}, dynamic={self.dynamic_index.numel()}, "
                 f"static={self.static_index.numel()}")
+
+
+class StaticODConv2d(nn.Module):
+    """An ODConv / ODConv-PAD layer as a module of constants at one temperature (what ``to_static`` exports): the
+    squeeze ``GAP -> fc -> BN -> ReLU`` and the heads as plain modules with ``1 / T`` folded into the heads' weights
+    and biases; the PAD mixes as ``offset + scale * sigmoid(head)`` (``offset = lambda_s' att``, ``scale =
+    lambda_d'``); the kernel as ``static_weight`` (``lambda_s W_bar`` at the static positions, 0 elsewhere; None for
+    ODConv) plus ``dynamic_weight`` (K, D), ``lambda_d W_k`` at the flat positions ``dynamic_index`` (all N for
+    ODConv), aggregated per sample, times the spatial attention at ``spatial_index`` (each entry's kernel position).
+    """
+
+    HEADS = ("channel", "filter", "spatial")
+
+    def __init__(self, layer: ODConv2d, temperature: float | None = None):
+        super().__init__()
+        temperature = layer.temperature if temperature is None else float(temperature)
+        attention = layer.attention
+        self.stride, self.padding, self.dilation, self.groups = layer.stride, layer.padding, layer.dilation, \
+            layer.groups
+        self.kernel_shape = layer.kernel_shape
+        with torch.no_grad():
+            self.squeeze = nn.Sequential(nn.AdaptiveAvgPool2d(1), copy.deepcopy(attention.fc),
+                                         copy.deepcopy(attention.bn), nn.ReLU())
+            for head in self.HEADS:
+                self._add_head(attention, head, temperature)
+            self.kernel_fc = None if attention.kernel_fc is None else self._scaled(
+                attention.kernel_fc.weight, attention.kernel_fc.bias, temperature)
+            self._add_kernel(layer)
+
+    @staticmethod
+    def _scaled(weight: torch.Tensor, bias: torch.Tensor, temperature: float) -> nn.Conv2d:
+        conv = nn.Conv2d(weight.shape[1], weight.shape[0], 1, device=weight.device, dtype=weight.dtype)
+        conv.weight.copy_(weight / temperature)
+        conv.bias.copy_(bias / temperature)
+        return conv
+
+    def _add_head(self, attention: ODAttention, head: str, temperature: float) -> None:
+        offset = scale = None
+        if isinstance(attention, ODAttention_PAD):
+            if head in attention.heads:
+                weight = getattr(attention, f"{head}_fc_mask") * getattr(attention, f"{head}_fc_weight")
+                conv = self._scaled(weight, getattr(attention, f"{head}_fc_bias"), temperature)
+                lambda_d, lambda_s = scale_factors(attention.Lambda, getattr(attention, f"{head}_phi"))
+                offset = (lambda_s * getattr(attention, f"{head}_att")).detach().clone()
+                scale = torch.as_tensor(lambda_d, dtype=offset.dtype).detach().clone().reshape(1)
+            else:
+                conv = None
+        else:
+            source = getattr(attention, f"{head}_fc")
+            conv = None if source is None else self._scaled(source.weight, source.bias, temperature)
+        self.add_module(f"{head}_fc", conv)
+        self.register_buffer(f"{head}_offset", offset)
+        self.register_buffer(f"{head}_scale", scale)
+
+    def _add_kernel(self, layer: ODConv2d) -> None:
+        n = layer.num_positions
+        if isinstance(layer, DeployedODConv2d_PAD):
+            lambda_d, lambda_s = scale_factors(layer.Lambda, layer.phi_d)
+            index, dynamic = layer.dynamic_index.clone(), lambda_d * layer.dynamic_factors
+            static = layer.static_values.new_zeros(n).index_copy_(0, layer.static_index, lambda_s * layer.static_values)
+        elif isinstance(layer, ODConv2d_PAD):
+            lambda_d, lambda_s = scale_factors(layer.Lambda, layer.phi_d)
+            mask = layer.kernels_weights_mask.flatten()
+            index = torch.nonzero(mask).flatten()
+            dynamic = lambda_d * layer.kernels_weights.flatten(1)[:, index]
+            static = (lambda_s * (1 - mask) * layer.weight.flatten())
+        else:
+            index, dynamic, static = torch.arange(n, device=layer.kernels_weights.device), \
+                layer.kernels_weights.flatten(1), None
+        self.dynamic_weight = nn.Parameter(dynamic.detach().clone())
+        self.static_weight = None if static is None else nn.Parameter(static.detach().clone())
+        self.register_buffer("dynamic_index", index)
+        self.register_buffer("spatial_index", index % (self.kernel_shape[2] * self.kernel_shape[3]))
+
+    def _head(self, z: torch.Tensor, head: str) -> torch.Tensor | None:
+        conv = getattr(self, f"{head}_fc")
+        if conv is None:
+            return None
+        attention = torch.sigmoid(conv(z))
+        offset, scale = getattr(self, f"{head}_offset"), getattr(self, f"{head}_scale")
+        return attention if offset is None else offset + scale * attention
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.squeeze(x)
+        batch = x.shape[0]
+        channel, filt, spatial = (self._head(z, head) for head in self.HEADS)
+        dynamic = self.dynamic_weight if self.kernel_fc is None else \
+            torch.softmax(self.kernel_fc(z).flatten(1), dim=1) @ self.dynamic_weight  # (1 or B, D)
+        if spatial is not None:
+            dynamic = dynamic * spatial.flatten(1)[:, self.spatial_index]
+        if self.static_weight is None:
+            kernel = dynamic
+        else:
+            kernel = self.static_weight.expand(dynamic.shape[0], -1).clone()
+            kernel[:, self.dynamic_index] = dynamic
+        x = x * channel
+        if kernel.shape[0] == 1:
+            out = F.conv2d(x, kernel.view(self.kernel_shape), None, self.stride, self.padding, self.dilation,
+                           self.groups)
+        else:
+            out = _per_sample_conv(x, kernel.view(batch, *self.kernel_shape), self)
+        return out if filt is None else out * filt
 
 
 # ---------------------------------------------------------------------------------------------------- models

@@ -5,6 +5,7 @@ padnet.imp, the counts, padnet/dyconv/main.py end to end on digits, and bad inpu
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
@@ -22,12 +23,14 @@ from padnet.dyconv.odconv import (
     DeployedODConv2d_PAD,
     ODConv2d,
     ODConv2d_PAD,
+    StaticODConv2d,
     deploy,
     od_aggregation_macs,
     od_deployed_params,
     od_layers,
     od_param_breakdown,
 )
+from padnet.export import to_static
 from padnet.imp import classification_loss, iterative_mode_partition, rand_scores, snip_scores
 
 CONFIGS = Path(__file__).resolve().parents[2] / "padnet" / "dyconv" / "configs"
@@ -213,6 +216,26 @@ def test_deployment_form_equals_training_form(k, groups, kernels, Lambda):
     assert deployed.static_values.numel() == pad.num_positions - dynamic
 
 
+@pytest.mark.parametrize(("k", "groups", "kernels", "kappa"),
+                         [(3, 1, 4, 0.3), (3, 8, 4, 1.0), (1, 1, 4, 0.0), (1, 1, 1, 0.5), (3, 1, 1, 0.3)])
+def test_static_form_equals_every_form(k, groups, kernels, kappa):
+    """The constants-only form (temperature, scale factors and partition folded in) of ODConv, ODConv-PAD and the
+    deployed layer computes their outputs, at the layer's temperature and at another."""
+    plain, pad = _shared_pad(k, groups, kernels, "both")
+    with torch.no_grad():
+        pad.kernels_weights_mask.copy_((torch.rand(pad.kernels_weights_mask.shape) < kappa).float())
+        for name, p in pad.named_parameters():
+            if name.endswith(("phi", "phi_d")):
+                p.normal_()
+    x = torch.randn(3, 8, 6, 6)
+    with torch.no_grad():
+        for layer in (plain, pad, DeployedODConv2d_PAD(pad)):
+            static = layer.static_form()
+            assert isinstance(static, StaticODConv2d) and not any(isinstance(m, ODConv2d) for m in static.modules())
+            torch.testing.assert_close(static(x), layer(x), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(layer.static_form(2.0)(x), layer(x, 2.0), atol=1e-5, rtol=1e-5)
+
+
 # --------------------------------------------------------------------------------------------- models
 def _tiny(type_name: str, **kwargs):
     extra = {"scale": 0.0625, "in_planes": 4} if "resnet" in type_name else {"width_mult": 0.35, "kernel_num": 4}
@@ -281,6 +304,52 @@ def test_configurations():
     assert plain.configurations() == ["dynamic"]
     plain.set_configuration("dynamic")
     assert deploy(model).configurations() == ["deployed"]
+
+
+def _bn_statistics(model):
+    """Non-trivial BatchNorm statistics (the attention BNs included) before .eval()."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+    return model
+
+
+@pytest.mark.parametrize("type_name", ["od_resnet10_pad", "od_mobilenetv2_pad", "od_resnet10"])
+def test_to_static_export(type_name):
+    """to_static at every configuration equals the model; its state dict loads into a fresh export of another model
+    with the same partition; torch.export accepts it (ResNet); an unknown configuration is refused."""
+    model = _bn_statistics(_tiny(type_name))
+    pad = is_pad_model(model)
+    if pad:
+        _partition(model, 0.3)
+    set_temperature(model, 5.0)
+    model.eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        for name in model.configurations():
+            model.set_configuration(name)
+            exported = to_static(model, name)
+            assert not any(isinstance(m, ODConv2d) for m in exported.modules())
+            torch.testing.assert_close(exported(x), expected, atol=1e-5, rtol=1e-4)
+        other = _bn_statistics(_tiny(type_name)).eval()
+        set_temperature(other, 5.0)
+        for (_, mine), (_, theirs) in zip(pad_layers(model), pad_layers(other), strict=True):
+            theirs.kernels_weights_mask.copy_(mine.kernels_weights_mask)
+        fresh = to_static(other, name)
+        buffer = io.BytesIO()
+        torch.save(exported.state_dict(), buffer)
+        buffer.seek(0)
+        fresh.load_state_dict(torch.load(buffer))
+        torch.testing.assert_close(fresh(x), expected, atol=1e-5, rtol=1e-4)
+    if type_name == "od_resnet10_pad":  # torch.export of the 52-layer MobileNetV2 takes a minute here
+        program = torch.export.export(exported, (x,))
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(x), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigurationError, match="has no configuration"):
+        to_static(model, "static")
 
 
 def test_temperature_reaches_every_layer():
