@@ -27,7 +27,8 @@ class DeployedPADConv(DynamicConvBase):
     ``phi_d``; ``W_hat(x) = lambda_d * sum_k alpha_k Theta_k`` at dynamic and ``lambda_s * Theta_bar`` at static
     positions (Eq. 5 with the masked-out entries dropped). It runs its :meth:`static_form` (one form,
     ``"deployed"``): the scale factors folded into the constants, the static kernel built once, and per forward
-    only the dynamic entries aggregated and scattered into it."""
+    only the dynamic entries aggregated (K D MACs) and scattered into it. The model's ``"deployed"`` configuration
+    keeps the factors dense instead, as fast or faster (``padnet/README.md``)."""
 
     forms = ("deployed",)
 

@@ -22,7 +22,6 @@ with :func:`set_temperature`. Parameter names and the state-dict order are those
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
@@ -50,58 +49,63 @@ def _kaiming_normal_(tensor: torch.Tensor, fan_out: int) -> None:
         tensor.normal_(0, math.sqrt(2.0 / fan_out))
 
 
-def _assemble(alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None,
-              index: torch.Tensor | None) -> torch.Tensor:
-    """The flattened kernels (B, N) ``static + sum_k alpha_k dynamic_k``: one GEMM (``addmm`` with a static part),
-    or with ``index`` the (K, D) factors aggregated and scattered into a copy of the static kernel at the D
-    dynamic positions only."""
+def _assemble(alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None, index: torch.Tensor | None,
+              scale: torch.Tensor | None) -> torch.Tensor:
+    """The flattened kernels (B, N) ``static + sum_k alpha_k dynamic_k``: one GEMM (``addmm`` with a static part;
+    with ``scale``, ``static + scale ⊙ sum_k alpha_k dynamic_k``), or with ``index`` the (K, D) factors aggregated
+    and scattered into a copy of the static kernel at the D dynamic positions only."""
+    if scale is not None:
+        return torch.addcmul(static.reshape(1, -1), torch.mm(alphas, dynamic.flatten(1)), scale.reshape(1, -1))
     if index is None:
         flat = dynamic.flatten(1)
-        return alphas @ flat if static is None else torch.addmm(static.reshape(1, -1), alphas, flat)
+        return torch.mm(alphas, flat) if static is None else torch.addmm(static.reshape(1, -1), alphas, flat)
     kernels = static.reshape(1, -1).repeat(alphas.shape[0], 1)
-    return kernels.scatter_(1, index.expand(alphas.shape[0], -1), alphas @ dynamic)
+    return kernels.scatter_(1, index.expand(alphas.shape[0], -1), torch.mm(alphas, dynamic))
 
 
 def per_sample_conv(x: torch.Tensor, alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None = None,
                     index: torch.Tensor | None = None, bias: torch.Tensor | None = None, stride=(1, 1),
-                    padding=(0, 0), dilation=(1, 1), groups: int = 1) -> torch.Tensor:
+                    padding=(0, 0), dilation=(1, 1), groups: int = 1, scale: torch.Tensor | None = None
+                    ) -> torch.Tensor:
     """Convolve sample ``b`` of ``x`` with its own kernel ``W_b = static + sum_k alphas[b, k] dynamic_k`` and add
     ``alphas[b] @ bias`` (Eq. 5 of PAD-Net with the scale factors and the mask already applied; DY-Conv without
     ``static``). ``dynamic``: (K, O, I/g, kh, kw), or (K, D) factors at the flat positions ``index`` of the kernel
-    (then ``static`` (O, I/g, kh, kw) is required); ``bias``: (K, O) or None.
+    (then ``static`` (O, I/g, kh, kw) is required); ``bias``: (K, O) or None; ``scale`` (O, I/g, kh, kw), with
+    ``static``: multiplies the aggregated kernel entry-wise before ``static`` is added.
 
     The fastest exact form per shape: the samples go in chunks of at most :data:`KERNEL_CHUNK` kernel entries (one
     sample when a kernel is bigger), each chunk's kernels assembled by one GEMM (:func:`_assemble`) and used while
     they are still in the cache, so the batch never holds all ``B x N`` kernel entries at once. A 1x1 convolution
     (one group, no padding) is a batched matrix product over the chunk (the stride by slicing); a grouped
-    (depthwise) convolution is one conv with ``groups x chunk`` groups; any other is one ordinary conv per sample.
-    At batch 1 this is the aggregated kernel and one ordinary conv (a matrix product for 1x1).
+    (depthwise) convolution is one conv with ``groups x chunk`` groups; any other convolution, and every one in a
+    chunk of one sample (batch 1), is the sample's aggregated kernel in one ordinary conv.
     """
     kernel_shape = tuple(dynamic.shape[1:]) if index is None else tuple(static.shape)
     out_channels, in_per_group, kh, kw = kernel_shape
     batch = x.shape[0]
     biases = None if bias is None else alphas @ bias
-    pointwise = (kh, kw) == (1, 1) and groups == 1 and tuple(padding) == (0, 0)
+    chunk = max(1, min(batch, KERNEL_CHUNK // math.prod(kernel_shape)))
+    pointwise = (kh, kw) == (1, 1) and groups == 1 and tuple(padding) == (0, 0) and chunk > 1
     if pointwise and tuple(stride) != (1, 1):
         x = x[:, :, ::stride[0], ::stride[1]]
-    chunk = max(1, min(batch, KERNEL_CHUNK // math.prod(kernel_shape)))
+        stride = (1, 1)
     outs = []
     for start in range(0, batch, chunk):
         stop = min(batch, start + chunk)
-        kernels = _assemble(alphas[start:stop], dynamic, static, index)
+        kernels = _assemble(alphas[start:stop], dynamic, static, index, scale)
         xs, bs = x[start:stop], None if biases is None else biases[start:stop]
-        if pointwise:
+        if pointwise and stop - start > 1:  # a remainder chunk of one sample takes the ordinary conv below
             flat = xs.reshape(stop - start, in_per_group, -1)
             weights = kernels.view(stop - start, out_channels, in_per_group)
             y = torch.bmm(weights, flat) if bs is None else torch.baddbmm(bs.unsqueeze(-1), weights, flat)
             outs.append(y.view(stop - start, out_channels, *xs.shape[-2:]))
-        elif groups > 1:
+        elif groups > 1 and stop - start > 1:
             y = F.conv2d(xs.reshape(1, -1, *xs.shape[-2:]), kernels.view(-1, *kernel_shape[1:]),
                          None if bs is None else bs.reshape(-1), stride, padding, dilation, groups * (stop - start))
             outs.append(y.view(stop - start, out_channels, *y.shape[-2:]))
         else:
             outs += [F.conv2d(xs[i:i + 1], kernels[i].view(kernel_shape), None if bs is None else bs[i], stride,
-                              padding, dilation) for i in range(stop - start)]
+                              padding, dilation, groups) for i in range(stop - start)]
     return outs[0] if len(outs) == 1 else torch.cat(outs)
 
 
@@ -112,19 +116,21 @@ class PartitionedConv2d(nn.Module):
     """The inference form of a DY-Conv or PAD layer: a plain module of constants (PAD-Net Sec. 3.1, Eq. 5 at a
     fixed partition), what ``to_static`` exports and a PAD model runs in its ``"deployed"`` configuration.
 
-    ``attention`` is ``GAP -> fc1 -> ReLU -> fc2 / T -> softmax`` (the temperature folded into fc2);
+    The attention is ``softmax(fc2_weight ReLU(fc1_weight GAP(x)) + fc2_bias)`` with the temperature folded into
+    ``fc2_weight`` and ``fc2_bias`` (DY-Conv's 1x1 convs of the pooled map as matrices);
     ``static_weight`` (O, I/g, kh, kw) is ``lambda_s Theta_bar`` at the static positions and 0 at the dynamic ones
-    (None when every position is dynamic); ``dynamic_weight`` holds ``lambda_d Theta_k``: (K, D) at the flat
-    positions ``dynamic_index`` (compact: ``K D + N`` entries, ``K D`` aggregation MACs), or (K, O, I/g, kh, kw)
-    without an index (DY-Conv, kappa = 1); ``dynamic_bias`` (K, O) or None. The per-sample convolution is
-    :func:`per_sample_conv`.
+    (None when every position is dynamic); ``dynamic_weight`` holds ``lambda_d Theta_k``: (K, O, I/g, kh, kw) with
+    zeros at the static positions (one ``addmm`` per chunk of samples), or compact, (K, D) at the flat positions
+    ``dynamic_index`` (``K D + N`` entries, ``K D`` aggregation MACs, scattered into the static kernel);
+    ``dynamic_bias`` (K, O) or None. The per-sample convolution is :func:`per_sample_conv`.
     """
 
-    def __init__(self, attention: nn.Module, dynamic_weight: torch.Tensor, static_weight: torch.Tensor | None,
-                 dynamic_index: torch.Tensor | None, dynamic_bias: torch.Tensor | None, stride, padding, dilation,
-                 groups: int):
+    def __init__(self, fc1_weight: torch.Tensor, fc2_weight: torch.Tensor, fc2_bias: torch.Tensor | None,
+                 dynamic_weight: torch.Tensor, static_weight: torch.Tensor | None, dynamic_index: torch.Tensor | None,
+                 dynamic_bias: torch.Tensor | None, stride, padding, dilation, groups: int):
         super().__init__()
-        self.attention = attention
+        self.fc1_weight, self.fc2_weight = nn.Parameter(fc1_weight), nn.Parameter(fc2_weight)
+        self.fc2_bias = None if fc2_bias is None else nn.Parameter(fc2_bias)
         self.dynamic_weight = nn.Parameter(dynamic_weight)
         self.static_weight = None if static_weight is None else nn.Parameter(static_weight)
         self.dynamic_bias = None if dynamic_bias is None else nn.Parameter(dynamic_bias)
@@ -132,7 +138,9 @@ class PartitionedConv2d(nn.Module):
         self.stride, self.padding, self.dilation, self.groups = tuple(stride), tuple(padding), tuple(dilation), groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return per_sample_conv(x, self.attention(x), self.dynamic_weight, self.static_weight, self.dynamic_index,
+        hidden = F.relu(F.linear(x.mean((2, 3)), self.fc1_weight))
+        alphas = F.softmax(F.linear(hidden, self.fc2_weight, self.fc2_bias), dim=1)
+        return per_sample_conv(x, alphas, self.dynamic_weight, self.static_weight, self.dynamic_index,
                                self.dynamic_bias, self.stride, self.padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:
@@ -144,7 +152,8 @@ class PartitionedConv2d(nn.Module):
 
 class AttentionLayer(nn.Module):
     """The kernel attention of DY-Conv (spec b.1): GAP -> 1x1 conv C->hidden (no bias) -> ReLU -> 1x1 conv -> K,
-    then ``softmax(z / T)``. No BatchNorm."""
+    then ``softmax(z / T)``. No BatchNorm. The 1x1 convs of the pooled 1x1 map run as matrix products (same
+    values, less overhead per call)."""
 
     def __init__(self, c_dim: int, hidden_dim: int, nof_kernels: int):
         super().__init__()
@@ -156,8 +165,9 @@ class AttentionLayer(nn.Module):
         nn.init.zeros_(self.fc2.bias)
 
     def forward(self, x: torch.Tensor, temperature: float) -> torch.Tensor:
-        z = self.fc2(F.relu(self.fc1(self.avgpool(x))))
-        return F.softmax(z.flatten(1) / temperature, dim=1)
+        hidden = F.relu(F.linear(self.avgpool(x).flatten(1), self.fc1.weight.flatten(1)))
+        z = F.linear(hidden, self.fc2.weight.flatten(1), self.fc2.bias)
+        return F.softmax(z / temperature, dim=1)
 
 
 class DynamicConvBase(nn.Module):
@@ -198,9 +208,9 @@ class DynamicConvBase(nn.Module):
         return self.attention(x, self.temperature if temperature is None else temperature)
 
     def _conv(self, x: torch.Tensor, alphas: torch.Tensor, dynamic: torch.Tensor, static: torch.Tensor | None = None,
-              index: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
-        return per_sample_conv(x, alphas, dynamic, static, index, bias, self.stride, self.padding, self.dilation,
-                               self.groups)
+              bias: torch.Tensor | None = None, scale: torch.Tensor | None = None) -> torch.Tensor:
+        return per_sample_conv(x, alphas, dynamic, static, None, bias, self.stride, self.padding, self.dilation,
+                               self.groups, scale)
 
     def static_form(self, temperature: float | None = None) -> nn.Module:
         """This layer as a module of constants at ``temperature`` (default: the layer's): a
@@ -212,15 +222,12 @@ class DynamicConvBase(nn.Module):
         """A :class:`PartitionedConv2d` of copies of the given tensors, with the attention at ``temperature``
         folded into fc2 (``softmax(z / T)`` with ``z = fc2(h)``: fc2's weight and bias divided by T)."""
         temperature = self.temperature if temperature is None else float(temperature)
-        fc1, fc2 = copy.deepcopy(self.attention.fc1), copy.deepcopy(self.attention.fc2)
-        with torch.no_grad():
-            fc2.weight.div_(temperature)
-            if fc2.bias is not None:
-                fc2.bias.div_(temperature)
-        attention = nn.Sequential(nn.AdaptiveAvgPool2d(1), fc1, nn.ReLU(), fc2, nn.Flatten(), nn.Softmax(dim=1))
+        fc1, fc2 = self.attention.fc1, self.attention.fc2
         clone = lambda t: None if t is None else t.detach().clone()  # noqa: E731
-        return PartitionedConv2d(attention, clone(dynamic), clone(static), clone(index), clone(bias), self.stride,
-                                 self.padding, self.dilation, self.groups)
+        return PartitionedConv2d(clone(fc1.weight.flatten(1)), fc2.weight.detach().flatten(1) / temperature,
+                                 None if fc2.bias is None else fc2.bias.detach() / temperature, clone(dynamic),
+                                 clone(static), clone(index), clone(bias), self.stride, self.padding, self.dilation,
+                                 self.groups)
 
     def _plain_conv(self, weight: torch.Tensor) -> nn.Conv2d:
         """A ``nn.Conv2d`` with this layer's geometry and a copy of ``weight`` (O, I/g, kh, kw), no bias."""
@@ -236,7 +243,9 @@ class DynamicConvBase(nn.Module):
             raise ConfigurationError(f"configuration 'deployed' of {type(self).__name__} is for inference (its kernels "
                                      "are constants): call .eval(), or set_configuration('training') to train")
         temperature = self.temperature if temperature is None else float(temperature)
-        key = (temperature, *((t.data_ptr(), t._version) for t in (*self.parameters(), *self.buffers())))
+        watched = self.__dict__.setdefault("_watched", list(self.modules()))
+        key = (temperature, *((t.data_ptr(), t._version) for m in watched
+                              for t in (*m._parameters.values(), *m._buffers.values()) if t is not None))
         cached = self.__dict__.get("_static_form")
         if cached is None or cached[0] != key:
             with torch.no_grad(), torch.inference_mode(False):
@@ -328,6 +337,17 @@ class PAD_DynamicConvolution(DynamicConvBase):  # noqa: N801 (the original class
         mask = self.kernels_weights_mask
         return lambda_d * mask * self.kernels_weights, (lambda_s * (1 - mask) * self.weight)[0]
 
+    def _training_conv(self, x: torch.Tensor, alphas: torch.Tensor) -> torch.Tensor:
+        """Eq. 5 from the parameters: with at least K samples the factors are scaled once (:meth:`kernel_parts`,
+        K N entries); with fewer, each sample's aggregated kernel is scaled (B N entries), whichever is less."""
+        if x.shape[0] >= self.nof_kernels:
+            dynamic, static = self.kernel_parts()
+            return self._conv(x, alphas, dynamic, static, self.kernels_bias)
+        lambda_d, lambda_s = scale_factors(self.Lambda, self.phi_d)
+        mask = self.kernels_weights_mask
+        return self._conv(x, alphas, self.kernels_weights, (lambda_s * (1 - mask) * self.weight)[0],
+                          self.kernels_bias, (lambda_d * mask)[0])
+
     def computational_kernel(self, alphas: torch.Tensor) -> torch.Tensor:
         """``W_hat(x)`` (B, O, I/g, kh, kw) for the attention weights ``alphas`` (B, K) (Eq. 5)."""
         dynamic, static = self.kernel_parts()
@@ -336,21 +356,20 @@ class PAD_DynamicConvolution(DynamicConvBase):  # noqa: N801 (the original class
     def forward(self, x: torch.Tensor, temperature: float | None = None) -> torch.Tensor:
         if self.form == "deployed":
             return self._deployed(x, temperature)
-        dynamic, static = self.kernel_parts()
-        return self._conv(x, self._attention(x, temperature), dynamic, static, bias=self.kernels_bias)
+        return self._training_conv(x, self._attention(x, temperature))
 
     def static_form(self, temperature: float | None = None) -> nn.Module:
-        """The layer at its partition as constants (Sec. 3.1): ``lambda_s Theta_bar`` at the static positions, the
-        K factors ``lambda_d Theta_k`` at the D dynamic ones only (:class:`PartitionedConv2d`); all dynamic:
-        the dense factors; none dynamic and no bias: a plain ``nn.Conv2d``."""
+        """The layer at its partition as constants (Sec. 3.1): a :class:`PartitionedConv2d` with the static kernel
+        ``lambda_s (1 - M) ⊙ Theta_bar`` and the factors ``lambda_d M ⊙ Theta_k``, so that every sample's kernel is
+        one ``addmm`` (no static kernel when every position is dynamic); with no dynamic position and no bias, a
+        plain ``nn.Conv2d``. The factors stay dense (K N entries, zeros at the static positions): aggregating them
+        is as fast as scattering only the K D dynamic ones (:mod:`padnet.dyconv.deploy`'s compact form), or faster
+        (``padnet/README.md``)."""
         dynamic, static = self.kernel_parts()
-        mask = self.kernels_weights_mask.flatten() != 0
-        if bool(mask.all()):
-            return self._partitioned(temperature, dynamic, bias=self.kernels_bias)
+        mask = self.kernels_weights_mask
         if not bool(mask.any()) and self.kernels_bias is None:
             return self._plain_conv(static)
-        index = torch.nonzero(mask).flatten()
-        return self._partitioned(temperature, dynamic.flatten(1)[:, index], static, index, self.kernels_bias)
+        return self._partitioned(temperature, dynamic, None if bool(mask.all()) else static, bias=self.kernels_bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, Lambda={self.Lambda}"

@@ -190,3 +190,24 @@ def test_deployed_form_follows_weight_mask_and_temperature_changes():
     torch.testing.assert_close(deployed, training, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         torch.testing.assert_close(layer(x, 5.0), layer.static_form(5.0)(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [2, 5])  # fewer samples than K = 4 (scaled per sample) / more (factors scaled once)
+@pytest.mark.parametrize("Lambda", [None, "both"])
+def test_training_form_equals_eq5_at_every_batch_size(batch, Lambda):
+    torch.manual_seed(0)
+    layer = PAD_DynamicConvolution(6, 8, 3, stride=2, padding=1, bias=True, Lambda=Lambda)
+    with torch.no_grad():
+        layer.kernels_weights_mask.bernoulli_(0.4)
+        layer.kernels_bias.normal_()
+        layer.phi_d.fill_(0.3)
+    x = torch.randn(batch, 6, 9, 9)
+    lambda_d, lambda_s = layers.scale_factors(Lambda, layer.phi_d)
+    mask, alphas = layer.kernels_weights_mask, layer._attention(x, None)
+    dynamic, static = lambda_d * mask * layer.kernels_weights, lambda_s * (1 - mask[0]) * layer.weight[0]
+    expected = _reference(x, alphas, dynamic, static, layer.kernels_bias, layer.stride, layer.padding,
+                          layer.dilation, 1)
+    torch.testing.assert_close(layer(x), expected, atol=1e-5, rtol=1e-5)
+    layer(x).square().mean().backward()
+    trained = [layer.kernels_weights, layer.weight, layer.kernels_bias] + [layer.phi_d] * bool(Lambda)
+    assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in trained)
