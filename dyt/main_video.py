@@ -8,13 +8,14 @@
 
 The IN21K image ViT with DyT's adapters and dispatchers runs on every frame of a clip and an attentive-pooling
 head (``query_token``, ``attentive_blocks``; trained, since the checkpoint lacks it) classifies the clip
-(:class:`dyt.models.VideoVisionTransformer`). Training is ``main_image``'s step (:func:`dyt.engine.train_one_epoch`:
-dynamic and complete pass, CE + rate loss + complete CE + KL); evaluation averages the logits of several views per
-video (K400 1 spatial x 3 temporal, SSv2 3 spatial x 1 temporal; :func:`dyt.video_engine.evaluate_video`) and logs
-the original's FLOPs per frame, "Rate = flops / 17.6", the per-clip and per-video cost and the per-layer activation
-rates. Flags and defaults are the original's; the flags it parsed but never used are accepted (their help says
-so), and the additions are listed in ``dyt/README.md`` ("Differences from the original"). Mistakes the user can
-fix print one line and exit with status 2 before anything is written.
+(:class:`dyt.models.video_vision_transformer.VideoVisionTransformer`). Training is ``main_image``'s step
+(:func:`dyt.engine.train_one_epoch`: dynamic and complete pass, CE + rate loss + complete CE + KL); evaluation
+averages the logits of several views per video (K400 1 spatial x 3 temporal, SSv2 3 spatial x 1 temporal;
+:func:`dyt.video_engine.evaluate_video`) and logs the original's FLOPs per frame, "Rate = flops / 17.6", the
+per-clip and per-video cost and the per-layer activation rates. Flags and defaults are the original's; the flags
+it parsed but never used are accepted (their help says so), and the additions are listed in ``dyt/README.md``
+("Differences from the original"). Mistakes the user can fix print one line and exit with status 2, before
+anything is written (a corrupt video file, met when it is read, stops the run the same way).
 """
 
 from __future__ import annotations

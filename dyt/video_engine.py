@@ -1,8 +1,8 @@
 """DyT's video evaluation and FLOPs (the original ``engine_finetune.evaluate_video`` and ``block_flops_dict.py``).
 
 Training a clip model needs nothing new: :func:`dyt.engine.train_one_epoch` runs the dynamic and the complete pass
-of :class:`dyt.models.VideoVisionTransformer` on ``[B, 3, T, H, W]`` clips with the same loss (the rate term is the
-mean over every frame's masks, as in the original).
+of :class:`dyt.models.video_vision_transformer.VideoVisionTransformer` on ``[B, 3, T, H, W]`` clips with the same
+loss (the rate term is the mean over every frame's masks, as in the original).
 
 * :func:`evaluate_video`: multi-view testing. A batch holds ``[B, V, 3, T, H, W]`` (V views per video: K400 1
   spatial x 3 temporal, SSv2 3 spatial x 1 temporal); the V clips run as one batch and their **logits are
