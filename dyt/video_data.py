@@ -300,7 +300,7 @@ class SyntheticClips:
         return len(self.targets)
 
     def read(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.images[index]
+        label = self.images.targets[index]
         gen = torch.Generator().manual_seed(self.images.base_seed + index)
         pattern = self.images.patterns[label][:, :self.h]
         video = pattern + torch.randn(self.length, *pattern.shape, generator=gen)
