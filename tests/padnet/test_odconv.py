@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks import padnet_table
 from common.configurations import ConfigurationError
 from common.errors import UserError, run_cli
 from common.flops import count_macs
@@ -382,8 +383,9 @@ def test_snip_imp_on_odconv_pad():
 
 # ------------------------------------------------------------------------------------------- end to end
 def test_main_trains_odconv_pad_on_digits(tmp_path, capsys):
-    """One epoch of the ODConv-PAD ResNet-10 through main.py (IMP at kappa 0.3 first), then main.py -e on the
-    checkpoint; an ODConv MobileNetV2 config builds and partitions nothing."""
+    """One epoch of the ODConv-PAD ResNet-10 through main.py (IMP at kappa 0.3 first), then the checkpoint
+    evaluated by benchmarks/padnet_table.py (main.py -e and its counts); an ODConv MobileNetV2 config builds and
+    partitions nothing."""
     config = str(CONFIGS / "digits_od_pad_resnet10_s0.0625.yml")
     common = ["--dataset", "digits", "--input-size", "16", "-j", "0", "-b", "128", "--device", "cpu", "--no-mlflow"]
     result = dyconv_main.main(dyconv_main.parse_args([
@@ -393,9 +395,14 @@ def test_main_trains_odconv_pad_on_digits(tmp_path, capsys):
     assert 10.0 < result["epochs"][0]["val"]["acc1"] <= 100.0
     state = torch.load(tmp_path / "pad" / "checkpoint.pth.tar", weights_only=False)["state_dict"]
     assert "layer1.layers.0.conv1.attention.channel_att" in state
-    evaluated = dyconv_main.main(dyconv_main.parse_args([
-        *common, "-e", "--weight", str(tmp_path / "pad" / "checkpoint.pth.tar"), "--config_file", config]))
-    assert evaluated["evaluate"]["acc1"] == pytest.approx(result["epochs"][0]["val"]["acc1"])
+    # benchmarks/padnet_table.py --weight: main.py -e, then the checkpoint's own counts
+    table_args = padnet_table.get_args_parser().parse_args([
+        "--weight", str(tmp_path / "pad" / "checkpoint.pth.tar"), "--config-file", config, "--dataset", "digits",
+        "--input-size", "16", "-j", "0", "-b", "128"])
+    evaluated = padnet_table.evaluate_checkpoint(table_args)
+    assert evaluated["acc1"] == pytest.approx(result["epochs"][0]["val"]["acc1"])
+    assert evaluated["dynamic_ratio"] == pytest.approx(0.3, abs=1e-3)
+    assert evaluated["deployed_params"] < evaluated["stored_params"] and evaluated["aggregation_macs"] > 0
     assert not is_pad_model(build_model(**_config(CONFIGS / "digits_od_mobilenetv2_w0.35.yml")))
 
 
