@@ -131,11 +131,13 @@ def test_fixed_attentions_and_one_kernel_reduce_to_a_conv():
     torch.testing.assert_close(layer(x, 5.0), expected * f.view(1, -1, 1, 1), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize(("in_planes", "out_planes", "k", "groups", "kernels"),
-                         [(6, 10, 3, 1, 4), (8, 8, 3, 8, 4), (6, 12, 1, 1, 4), (6, 10, 3, 2, 1)])
-def test_odconv_equals_a_per_sample_loop(in_planes, out_planes, k, groups, kernels):
-    """The grouped batch conv and the aggregation (one matrix product) against the formula, sample by sample."""
-    layer = ODConv2d(in_planes, out_planes, k, padding=k // 2, groups=groups, kernel_num=kernels).eval()
+@pytest.mark.parametrize(("in_planes", "out_planes", "k", "groups", "kernels", "stride"),
+                         [(6, 10, 3, 1, 4, 1), (8, 8, 3, 8, 4, 2), (6, 12, 1, 1, 4, 1), (6, 12, 1, 1, 4, 2),
+                          (6, 10, 3, 2, 1, 1)])
+def test_odconv_equals_a_per_sample_loop(in_planes, out_planes, k, groups, kernels, stride):
+    """The per-sample conv (grouped, or a batched matrix product for 1x1) and the aggregation (one matrix
+    product) against the formula, sample by sample."""
+    layer = ODConv2d(in_planes, out_planes, k, stride, padding=k // 2, groups=groups, kernel_num=kernels).eval()
     _randomise(layer, seed=1)
     x = torch.randn(3, in_planes, 7, 7)
     channel, filt, spatial, kernel = layer.attention(x, 2.0)
@@ -143,7 +145,7 @@ def test_odconv_equals_a_per_sample_loop(in_planes, out_planes, k, groups, kerne
     for b in range(3):
         weight = layer.kernels_weights if kernel is None else (kernel[b].view(-1, 1, 1, 1, 1) * layer.kernels_weights)
         weight = weight.sum(0) * (1.0 if spatial is None else spatial[b])
-        out = F.conv2d(x[b:b + 1] * channel[b:b + 1], weight, padding=k // 2, groups=groups)
+        out = F.conv2d(x[b:b + 1] * channel[b:b + 1], weight, stride=stride, padding=k // 2, groups=groups)
         rows.append(out if filt is None else out * filt[b:b + 1])
     torch.testing.assert_close(layer(x, 2.0), torch.cat(rows), atol=1e-5, rtol=1e-4)
 
