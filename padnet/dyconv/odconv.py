@@ -18,7 +18,9 @@
   and each of the channel, filter and spatial attentions mixes a learnt static attention with its dynamic one,
   ``lambda_s' * att + lambda_d' * sigmoid(head / T)``, with its own scale logit (:class:`ODAttention_PAD`). The
   original adds a second sum over the output-channel axis after the masked combination, which collapses the
-  kernel's output channels and makes every forward fail; here the combination is the kernel itself.
+  kernel's output channels and makes every forward fail; here the combination is the kernel itself. (Its PAD
+  spatial attention also mixes a (1, k*k, 1, 1) static attention with a dynamic one already shaped
+  (B, 1, 1, 1, k, k); here both are mixed per position first.)
 * :class:`DeployedODConv2d_PAD` / :func:`deploy`: the inference form after Iterative Mode Partition, storing only
   the ``K D`` dynamic factors and the ``N - D`` static values (``padnet/README.md``, "ODConv").
 
@@ -27,8 +29,12 @@ Configurations (``common.configurations``, :class:`ODNet`): an ODConv model runs
 (inference at the fixed partition through :class:`StaticODConv2d`, the layer with everything but the attentions
 folded into constants; the same values).
 
-The per-sample kernels run as one grouped convolution over the batch, as in the original. The kernel aggregation
-``sum_k a_k W_k`` is one matrix product (``K N`` MACs, counted by :func:`od_aggregation_macs`).
+* :class:`StaticODConv2d`: any of these layers as constants at one temperature (``static_form()``), what
+  ``padnet.export.to_static`` exports.
+
+The per-sample kernels run as one grouped convolution over the batch, as in the original (a batched matrix product
+for 1x1 kernels). The kernel aggregation ``sum_k a_k W_k`` is one matrix product (``K N`` MACs, counted by
+:func:`od_aggregation_macs`).
 """
 
 from __future__ import annotations
