@@ -243,7 +243,9 @@ class DynamicConvBase(nn.Module):
             raise ConfigurationError(f"configuration 'deployed' of {type(self).__name__} is for inference (its kernels "
                                      "are constants): call .eval(), or set_configuration('training') to train")
         temperature = self.temperature if temperature is None else float(temperature)
-        watched = self.__dict__.setdefault("_watched", list(self.modules()))
+        watched = self.__dict__.get("_watched")
+        if watched is None:
+            watched = self.__dict__["_watched"] = list(self.modules())
         key = (temperature, *((t.data_ptr(), t._version) for m in watched
                               for t in (*m._parameters.values(), *m._buffers.values()) if t is not None))
         cached = self.__dict__.get("_static_form")
