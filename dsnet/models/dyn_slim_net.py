@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.configurations import check_configuration
 from dsnet.models.blocks import DSStage, MultiHeadGate
 from dsnet.models.ops import DSAdaptiveAvgPool2d, DSBatchNorm2d, DSConv2d, DSLinear
 
-__all__ = ["CHOICES_CFGS", "MODES", "DSNet"]
+__all__ = ["CHOICES_CFGS", "MICRO_BATCH", "MODES", "DSNet", "micro_batched"]
 
 MODES = ("largest", "smallest", "uniform", "dynamic")
 
@@ -50,6 +51,23 @@ CHOICES_CFGS = {
 }
 
 
+# images per micro-batch of the high-resolution stages in evaluation (forward_trunk; dsnet/README.md, Speed)
+MICRO_BATCH = 4
+
+
+def micro_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
+    """``fn(x)`` computed on micro-batches of ``size`` images (``size`` 0: at once), concatenated.
+
+    Only for per-sample computations (batch norm in evaluation mode). The stem and first stages of the network
+    work at 112 to 28 px: at batch 32 their activations (up to 141 MB at the largest widths) overflow the CPU's
+    caches, and their memory-bound operators (depthwise convolutions, batch norm, Swish, the SE product) then run
+    at the speed of main memory; in micro-batches of 4 images they stay in cache.
+    """
+    if size <= 0 or x.size(0) <= size:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(size)])
+
+
 def init_weights(model: nn.Module) -> None:
     """timm's "goog" EfficientNet init (spec Sec. 1): conv N(0, sqrt(2 / fan_out)) with fan_out = k*k*out/groups,
     linear U(+-1/sqrt(out)), zero biases; BN keeps weight 1, bias 0."""
@@ -73,6 +91,8 @@ class DSNet(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.drop_rate = drop_rate
+        self.choices_cfg = [list(row) for row in choices_cfg]
+        self.se_ratio = se_ratio
         stem_list, _, kernel_size, stride = choices_cfg[0]
         self.conv_stem = DSConv2d([in_chans], stem_list, kernel_size, stride=stride, bias=False)
         self.bn1 = DSBatchNorm2d(stem_list)
@@ -92,6 +112,7 @@ class DSNet(nn.Module):
         self.num_choices = len(self.blocks[self.gate_stage].first_block.out_channels_list)
         self.routing_space = tuple(range(4))
         self.gate_noise = True
+        self.micro_batch = MICRO_BATCH
         self.set_mode("largest")
 
     # ---------------------------------------------------------------------------------------------- modes
@@ -111,15 +132,21 @@ class DSNet(nn.Module):
         self.stem_choice = trunk
 
     def configurations(self) -> list[str]:
-        """The evaluated sub-networks by name, ``'0'`` ... ``'13'`` (the README table; repository vocabulary)."""
-        return [str(c) for c in range(self.num_choices)]
+        """The evaluated sub-networks by name, ``'0'`` ... ``'13'`` (the README table), then ``largest`` (the
+        whole supernet) and ``dynamic`` (the gate routes each image)."""
+        return [str(c) for c in range(self.num_choices)] + ["largest", "dynamic"]
 
     def set_configuration(self, name: str) -> None:
-        """A sub-network by name (``'0'`` ... ``'13'`` = ``uniform`` with that choice) or a mode name."""
+        """A configuration by name: ``'0'`` ... ``'13'`` = ``uniform`` with that choice, ``largest`` or
+        ``dynamic`` with the gate's argmax routes (``gate_noise`` off: deterministic; the original's evaluation
+        adds Gumbel noise, ``--gate_eval_noise``); an unknown name is a ``ConfigurationError``."""
+        check_configuration(self, name)
         if name.isdigit():
             self.set_mode("uniform", int(name))
-        else:
-            self.set_mode(name)
+            return
+        self.set_mode(name)
+        if name == "dynamic":
+            self.gate_noise = False
 
     def set_routing_space(self, choices: Sequence[int]) -> None:
         """The sub-networks the gate's four routes select (Stage II; spec Sec. 3). The released model uses the
@@ -147,10 +174,20 @@ class DSNet(nn.Module):
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         return self.act1(self.bn1(self.conv_stem(x, self.conv_stem.out_channels_list[self.stem_choice])))
 
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """The stem and the stages before the gate stage (112 to 28 px), in evaluation mode in micro-batches of
+        ``micro_batch`` images (:func:`micro_batched`)."""
+        def trunk(x: torch.Tensor) -> torch.Tensor:
+            x = self.forward_stem(x)
+            for stage, choice in zip(self.blocks[:self.gate_stage], self.stage_choices, strict=False):
+                x = stage(x, choice)
+            return x
+        return micro_batched(trunk, x, 0 if self.training else self.micro_batch)
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Static modes: every stage at its width."""
-        x = self.forward_stem(x)
-        for stage, choice in zip(self.blocks, self.stage_choices, strict=True):
+        x = self.forward_trunk(x)
+        for stage, choice in zip(self.blocks[self.gate_stage:], self.stage_choices[self.gate_stage:], strict=True):
             x = stage(x, choice)
         return x
 
@@ -169,9 +206,7 @@ class DSNet(nn.Module):
 
     def forward_dynamic(self, x: torch.Tensor) -> torch.Tensor:
         """Gate-routed forward (Sec. 3.2). Sets ``self.route``; masked with gradients, sliced per route without."""
-        x = self.forward_stem(x)
-        for stage, choice in zip(self.blocks[:self.gate_stage], self.stage_choices[:self.gate_stage], strict=True):
-            x = stage(x, choice)
+        x = self.forward_trunk(x)
         gated = self.blocks[self.gate_stage].first_block
         x, x_reduced = gated.forward_pre_gate(x)
         self.route = route = gated.gate.route(x_reduced, self.routing_space, noise=self.gate_noise)

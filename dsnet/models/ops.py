@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DSAdaptiveAvgPool2d", "DSBatchNorm2d", "DSConv2d", "DSLinear", "DSdwConv2d", "DSpwConv2d", "Route"]
+# weight slices a slimmable layer keeps in evaluation (SlicedWeights): one per route of the gate's routing space
+KEPT_SLICES = 4
+
+__all__ = ["DSAdaptiveAvgPool2d", "DSBatchNorm2d", "DSConv2d", "DSLinear", "DSdwConv2d", "DSpwConv2d", "Route",
+           "SlicedWeights"]
 
 
 @dataclass
@@ -60,10 +65,47 @@ class Route:
         return x * self.channel_mask(channels_list, x.size(1))[:, :, None, None]
 
 
-class DSConv2d(nn.Conv2d):
+class SlicedWeights:
+    """The slices of the widest layer's parameters that a slimmable layer runs at a width (Sec. 3.1), kept in
+    evaluation.
+
+    In training, or with gradients enabled, a slice is a view taken on every call (the gradient flows into the
+    shared parameter). In evaluation without gradients :meth:`sliced` makes it a compact copy once (a strided view
+    would be copied by every convolution) and keeps it, for up to ``KEPT_SLICES`` widths, until the parameter
+    changes (its version counter, or its storage after ``.to()``); ``train()`` drops them all.
+    """
+
+    training: bool
+
+    def _init_slices(self) -> None:
+        self._slices: dict[tuple[int, int | None], tuple[tuple[int, int, int], torch.Tensor, torch.Tensor | None]] = {}
+
+    def train(self, mode: bool = True) -> Self:
+        self._slices.clear()
+        return super().train(mode)  # type: ignore[misc]
+
+    def sliced(self, weight: torch.Tensor, bias: torch.Tensor | None, out_c: int, in_c: int | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(weight[:out_c, :in_c], bias[:out_c])`` (``weight[:out_c]`` when ``in_c`` is ``None``); in evaluation
+        without gradients compact copies, kept."""
+        if self.training or torch.is_grad_enabled():
+            return weight[:out_c] if in_c is None else weight[:out_c, :in_c], None if bias is None else bias[:out_c]
+        stamp = (weight._version, weight.data_ptr(), -1 if bias is None else bias._version)
+        kept = self._slices.get((out_c, in_c))
+        if kept is None or kept[0] != stamp:
+            if len(self._slices) >= KEPT_SLICES:
+                self._slices.clear()
+            w = weight[:out_c] if in_c is None else weight[:out_c, :in_c]
+            kept = self._slices[(out_c, in_c)] = (stamp, w.clone(memory_format=torch.contiguous_format),
+                                                 None if bias is None else bias[:out_c].clone())
+        return kept[1], kept[2]
+
+
+class DSConv2d(SlicedWeights, nn.Conv2d):
     """Slimmable convolution; ``out`` is an output width, a :class:`Route`, or ``None`` (widest).
 
-    Padding is ``((stride - 1) + dilation * (k - 1)) // 2`` as in the original ``DSConv2d``.
+    Padding is ``((stride - 1) + dilation * (k - 1)) // 2`` as in the original ``DSConv2d``. The weight slice
+    comes from :meth:`SlicedWeights.sliced`.
     """
 
     def __init__(self, in_channels_list: Sequence[int], out_channels_list: Sequence[int], kernel_size: int,
@@ -75,15 +117,15 @@ class DSConv2d(nn.Conv2d):
         self.in_channels_list = in_channels_list
         self.out_channels_list = out_channels_list
         self.depthwise = depthwise
+        self._init_slices()
 
     def forward(self, x: torch.Tensor, out: int | Route | None = None) -> torch.Tensor:
         in_c = x.size(1)
-        if self.depthwise:
-            out_c, weight, groups = in_c, self.weight[:in_c], in_c
+        if self.depthwise:  # one filter per channel: weight[:in_c] (its second dimension has size 1)
+            out_c, groups = in_c, in_c
         else:
-            out_c = out if isinstance(out, int) else self.out_channels
-            weight, groups = self.weight[:out_c, :in_c], 1
-        bias = self.bias[:out_c] if self.bias is not None else None
+            out_c, groups = out if isinstance(out, int) else self.out_channels, 1
+        weight, bias = self.sliced(self.weight, self.bias, out_c, in_c)
         y = F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
         if isinstance(out, Route) and len(self.out_channels_list) > 1:
             y = out.apply(y, self.out_channels_list)
@@ -104,7 +146,7 @@ class DSpwConv2d(DSConv2d):
         super().__init__(in_channels_list, out_channels_list, 1, bias=bias)
 
 
-class DSBatchNorm2d(nn.Module):
+class DSBatchNorm2d(SlicedWeights, nn.Module):
     """Batch norm with private running statistics per width and one shared affine (spec Sec. 2).
 
     ``aux_bn[i]`` holds the statistics of width ``num_features_list[i]``; only the widest one is affine, and a
@@ -119,18 +161,19 @@ class DSBatchNorm2d(nn.Module):
         self.out_channels_list = list(num_features_list)
         self.aux_bn = nn.ModuleList([nn.BatchNorm2d(c, affine=False) for c in self.out_channels_list[:-1]])
         self.aux_bn.append(nn.BatchNorm2d(self.out_channels_list[-1], eps=eps, momentum=momentum))
+        self._stats = dict(zip(self.out_channels_list, self.aux_bn, strict=True))  # width -> its BN (fast look-up)
+        self._init_slices()
 
     def forward(self, x: torch.Tensor, route: Route | None = None) -> torch.Tensor:
-        shared = self.aux_bn[-1]
+        shared = self._stats[self.out_channels_list[-1]]
         channels = x.size(1)
-        weight, bias = shared.weight[:channels], shared.bias[:channels]
+        weight, bias = self.sliced(shared.weight, shared.bias, channels)
         if route is not None and len(self.out_channels_list) > 1:
             return self._forward_route(x, route, weight, bias)
-        try:
-            bn = self.aux_bn[self.out_channels_list.index(channels)]
-        except ValueError:
+        bn = self._stats.get(channels)
+        if bn is None:
             raise ValueError(f"DSBatchNorm2d has statistics for widths {self.out_channels_list}, "
-                             f"not for {channels} channels") from None
+                             f"not for {channels} channels")
         momentum = shared.momentum
         if momentum is None:  # equal-weight (cumulative) average of the batches seen, as PyTorch's momentum=None
             momentum = 0.0
@@ -154,15 +197,16 @@ class DSBatchNorm2d(nn.Module):
         return route.apply(y, self.out_channels_list)
 
 
-class DSLinear(nn.Linear):
-    """Slimmable classifier: ``weight[:, :in_c]`` for an input of ``in_c`` features."""
+class DSLinear(SlicedWeights, nn.Linear):
+    """Slimmable classifier: ``weight[:, :in_c]`` for an input of ``in_c`` features (:class:`SlicedWeights`)."""
 
     def __init__(self, in_features_list: Sequence[int], out_features: int, bias: bool = True):
         super().__init__(in_features_list[-1], out_features, bias=bias)
         self.in_channels_list = list(in_features_list)
+        self._init_slices()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight[:, :x.size(1)], self.bias)
+        return F.linear(x, *self.sliced(self.weight, self.bias, self.out_features, x.size(1)))
 
 
 class DSAdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):

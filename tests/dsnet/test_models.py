@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import dsnet.models.blocks as blocks
+from common.configurations import ConfigurationError
 from dsnet.madds import executed_macs, madds, mode_widths
 from dsnet.models import DSBatchNorm2d, create_model
 
@@ -58,11 +59,17 @@ def test_modes_and_widths():
         model.set_mode("random")
     with pytest.raises(ValueError, match="outside 0..13"):
         model.set_mode("uniform", 14)
-    assert model.configurations() == [str(c) for c in range(14)]
+    assert model.configurations() == [str(c) for c in range(14)] + ["largest", "dynamic"]
     model.set_configuration("7")
     assert (model.mode, model.choice, model.widths()[-1]) == ("uniform", 7, 104)
     model.set_configuration("largest")
     assert model.mode == "largest"
+    assert model.gate_noise
+    model.set_configuration("dynamic")
+    assert (model.mode, model.gate_noise) == ("dynamic", False)
+    for unknown in ("smallest", "14", "uniform"):
+        with pytest.raises(ConfigurationError, match="has no configuration"):
+            model.set_configuration(unknown)
     model.set_mode("dynamic")
     with pytest.raises(ValueError, match="per-sample widths"):
         model.widths()
@@ -149,3 +156,35 @@ def test_gumbel_noise_makes_routes_stochastic(tiny):
         torch.manual_seed(0)
         tiny(x)
         assert not torch.equal(tiny.route.index, first)
+
+
+def test_micro_batched_trunk_equals_the_whole_batch(tiny):
+    """In evaluation the stem and stages 0-2 run in micro-batches of 4 images: the same logits as at once."""
+    x = torch.randn(11, 3, 32, 32)
+    with torch.no_grad():
+        for name in ("0", "13", "largest", "dynamic"):
+            tiny.set_configuration(name)
+            tiny.micro_batch = 4
+            chunked = tiny(x)
+            tiny.micro_batch = 0
+            torch.testing.assert_close(chunked, tiny(x), atol=1e-5, rtol=1e-5)
+
+
+def test_kept_slices_follow_the_weights(tiny):
+    """Evaluation without gradients reuses compact weight slices, refreshed when a weight changes in place or
+    moves; with gradients the slices stay views, so the shared weight learns."""
+    tiny.set_configuration("3")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        tiny.classifier.bias.zero_()
+        before = tiny(x)
+        tiny.classifier.weight.mul_(2.0)  # in place: bumps the version counter
+        torch.testing.assert_close(tiny(x), 2.0 * before, atol=1e-5, rtol=1e-5)
+        pw = tiny.blocks[4].first_block.conv_pw
+        kept = pw._slices[(pw.out_channels_list[3], pw.in_channels_list[3])][1]
+        assert kept.is_contiguous() and kept.data_ptr() != pw.weight.data_ptr()
+    out = tiny(x)  # gradients enabled: views of the shared weights
+    out.sum().backward()
+    assert tiny.blocks[4].first_block.conv_pw.weight.grad.abs().sum() > 0
+    tiny.train()
+    assert not pw._slices
