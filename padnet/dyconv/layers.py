@@ -261,8 +261,8 @@ class DynamicConvBase(nn.Module):
 
 
 class DynamicConvolution(DynamicConvBase):
-    """DY-Conv (spec b.1): ``weight`` (K, O, I/g, kh, kw) aggregated by the attention; optional ``bias`` (K, O).
-    One form, ``"dynamic"``."""
+    """DY-Conv (Chen et al. 2020; PAD-Net Sec. 3.1): ``weight`` (K, O, I/g, kh, kw) aggregated by the attention;
+    optional ``bias`` (K, O). One form, ``"dynamic"``."""
 
     forms = ("dynamic",)
 
