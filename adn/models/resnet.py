@@ -45,8 +45,8 @@ class Bottleneck(TorchvisionBottleneck):
         out = self.relu((self.bn1_skip if switch else self.bn1)(self.conv1(x)))
         out = self.relu((self.bn2_skip if switch else self.bn2)(self.conv2(out)))
         out = (self.bn3_skip if switch else self.bn3)(self.conv3(out))
-        identity = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)  # in place, as torchvision: no new tensor
+        return self.relu(out)
 
 
 class ResNetADN(AdaptiveDepthMixin, nn.Module):
