@@ -154,9 +154,11 @@ def test_export_state_dict_fold_bn_and_torch_export(pad_model):
         torch.testing.assert_close(program.module()(x), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_dy_conv_export_and_temperature():
+@pytest.mark.parametrize("name,kwargs", [("DyResNet10", {"scale": 0.125}),
+                                         ("Dymobilenetv2", {"width_multiplier": 0.35})])
+def test_dy_conv_export_and_temperature(name, kwargs):
     torch.manual_seed(0)
-    model = _randomise(build_model("DyResNet10", num_classes=10, scale=0.125))
+    model = _randomise(build_model(name, num_classes=10, **kwargs))
     x = torch.randn(3, 3, 32, 32)
     for temperature in (31.0, 1.0):
         set_temperature(model, temperature)
