@@ -70,11 +70,15 @@ class DeployedPADConv(DynamicConvBase):
 
 
 def deploy(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``model`` with every PAD layer in :class:`DeployedPADConv` form (the model itself is not
-    changed; its big kernel tensors are not copied). A model without PAD layers is copied unchanged.
+    """An eval-mode copy of ``model`` with every PAD layer in its compact form: :class:`DeployedPADConv` for
+    DY-Conv PAD layers, :class:`~padnet.dyconv.odconv.DeployedODConv2d_PAD` for ODConv-PAD ones (the model itself is
+    not changed; its big kernel tensors are not copied). A model without PAD layers is copied unchanged.
 
     The copy is for inference only: the partition is baked into its shapes, so it cannot be re-partitioned."""
-    memo = {id(layer): DeployedPADConv(layer) for _, layer in pad_layers(model)}
+    from padnet.dyconv.odconv import DeployedODConv2d_PAD, ODConv2d_PAD
+
+    memo = {id(layer): DeployedODConv2d_PAD(layer) if isinstance(layer, ODConv2d_PAD) else DeployedPADConv(layer)
+            for _, layer in pad_layers(model)}
     return copy.deepcopy(model, memo).eval()
 
 

@@ -118,3 +118,15 @@ def test_pad_resnet50_deployed_counts():
         _partition(model, kappa)
         assert deployed_params(model, kappa) == value
         assert abs(stored_params(deploy(model)) - value) < 4
+
+
+def test_deploy_puts_odconv_pad_layers_in_their_compact_form():
+    from padnet.dyconv.odconv import DeployedODConv2d_PAD
+
+    torch.manual_seed(0)
+    model = build_model("od_resnet10_pad", num_classes=3, scale=0.125).eval()
+    compact = deploy(model)
+    assert any(isinstance(m, DeployedODConv2d_PAD) for m in compact.modules())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(compact(x), model(x), atol=1e-5, rtol=1e-4)
