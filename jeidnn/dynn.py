@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["IC_LOSSES", "GATE_OBJECTIVES", "ExitDecisions", "classifier_loss", "early_exit_forward", "exit_decisions",
-           "exit_probabilities", "gate_loss", "gate_targets", "oracle_exit", "pos_weights_from_validation",
-           "warmup_loss"]
+__all__ = ["IC_LOSSES", "GATE_OBJECTIVES", "ExitDecisions", "calibrate_gates", "classifier_loss",
+           "early_exit_forward", "exit_decisions", "exit_probabilities", "gate_loss", "gate_targets", "oracle_exit",
+           "pos_weights_from_validation", "warmup_loss"]
 
 GATE_OBJECTIVES = ("ce", "zeroOne", "prob")
 IC_LOSSES = ("mean", "pi_weighted")
@@ -178,3 +178,45 @@ def early_exit_forward(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor,
         tokens, rows, gate_sum, survive = tokens[stay], rows[stay], gate_sum[stay], survive[stay]
     logits[rows] = model.head(model.norm(tokens[:, 0]))
     return logits, exit_level
+
+
+@torch.no_grad()
+def calibrate_gates(model: nn.Module, x: torch.Tensor, fractions: Sequence[float] | None = None) -> None:
+    """Set untrained uncertainty gates so that on ``x`` a fraction ``fractions[l]`` of the samples exits at exit
+    ``l`` (``fractions[G]``: the final head; default: the same share at every exit), for timing an exit mix
+    without a trained model (the ``gated`` configuration of :class:`~jeidnn.models.T2TViT`).
+
+    Each gate ``nn.Linear(4, 1)`` reads its IC's uncertainty features (Sec. 3.1); it becomes a steep step on the
+    first one, ``p_max``: ``a_l = k (p_max - t_l)``, with ``t_l`` half-way between the samples still in the batch
+    that should leave at ``l`` (the most confident) and those that go on; a level where nobody leaves gets
+    ``a_l = -30``. ``ValueError`` for identity gates (nothing to set) or ``fractions`` of the wrong length or sum.
+    """
+    from jeidnn.models.gates import LearnableUncGate, uncertainty_features  # jeidnn.models imports this module
+
+    if not all(isinstance(gate, LearnableUncGate) for gate in model.gates):
+        raise ValueError("calibrate_gates sets uncertainty gates ('unc'); this model's gates have no weights")
+    if fractions is None:
+        fractions = [1.0 / (model.num_exits + 1)] * (model.num_exits + 1)
+    if len(fractions) != model.num_exits + 1 or abs(sum(fractions) - 1.0) > 1e-6 or min(fractions) < 0:
+        raise ValueError(f"{model.num_exits + 1} non-negative exit fractions summing to 1 needed (exits 0.."
+                         f"{model.num_exits - 1} and the final head), got {list(fractions)}")
+    _, ic_logits = model.forward_head(model.forward_features(x))
+    n = x.size(0)
+    remaining = torch.ones(n, dtype=torch.bool, device=x.device)
+    for level, gate in enumerate(model.gates):
+        left = int(remaining.sum())  # the samples that did not exit before this level
+        want = min(max(round(sum(fractions[:level + 1]) * n) - (n - left), 0), left)
+        p_max = uncertainty_features(ic_logits[level])[:, 0]
+        gate.linear.weight.zero_()
+        gate.linear.bias.fill_(-30.0 if want == 0 else 30.0)
+        if want == 0:
+            continue
+        candidates = p_max[remaining].sort(descending=True).values
+        leave = remaining.clone()
+        if want < len(candidates):
+            upper, lower = float(candidates[want - 1]), float(candidates[want])
+            threshold, gap = (upper + lower) / 2, max((upper - lower) / 2, 1e-12)
+            gate.linear.weight[0, 0] = 30.0 / gap
+            gate.linear.bias.fill_(-30.0 / gap * threshold)
+            leave &= p_max > threshold
+        remaining &= ~leave

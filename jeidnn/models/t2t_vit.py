@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from timm.layers import DropPath, Mlp, trunc_normal_
 from torch import Tensor, nn
 
+from common.configurations import check_configuration
+from jeidnn.dynn import early_exit_forward
 from jeidnn.models.gates import build_gate
 
 
@@ -99,6 +101,7 @@ class T2TModule(nn.Module):
         self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
         self.grid_size = self.token_grid(img_size, img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.micro_batch = 4
 
     @staticmethod
     def token_grid(height: int, width: int) -> tuple[int, int]:
@@ -109,6 +112,16 @@ class T2TModule(nn.Module):
         return height, width
 
     def forward(self, x: Tensor) -> Tensor:
+        """In evaluation mode the images go through in micro-batches of ``micro_batch`` (every step here acts per
+        image): at batch 32 the 56x56 and 28x28 token grids (up to 59 MB) overflow the CPU's caches, and the
+        memory-bound soft-split copies and LayerNorms ran 1.3x slower than in micro-batches of 4 (jeidnn/README.md,
+        Speed)."""
+        if self.training or self.micro_batch <= 0 or x.size(0) <= self.micro_batch:
+            return self.forward_tokens(x)
+        return torch.cat([self.forward_tokens(part) for part in x.split(self.micro_batch)])
+
+    def forward_tokens(self, x: Tensor) -> Tensor:
+        """Images ``[B, C, H, W]`` to tokens ``[B, N, embed_dim]``."""
         x = soft_split(self.soft_split0, x.permute(0, 2, 3, 1))
         x = self.attention1(x.flatten(1, 2)).unflatten(1, x.shape[1:3])
         x = soft_split(self.soft_split1, x)
@@ -189,6 +202,10 @@ class T2TViT(nn.Module):
         self.num_exits = depth - 1
         self.img_size = img_size
         self.gate_type = gate
+        self.in_chans, self.num_heads, self.mlp_ratio, self.qkv_bias, self.token_dim = (
+            in_chans, num_heads, mlp_ratio, qkv_bias, token_dim)
+        self.configuration: str | None = None
+        self.exit_level: Tensor | None = None
 
         self.tokens_to_token = T2TModule(img_size=img_size, in_chans=in_chans, embed_dim=embed_dim,
                                          token_dim=token_dim)
@@ -237,9 +254,48 @@ class T2TViT(nn.Module):
         ic_logits = [head(z) for head, z in zip(self.intermediate_heads, features, strict=False)]
         return self.head(features[-1]), ic_logits
 
-    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        """``(final_logits [B, C], [ic_logits_l [B, C] for l in 0..G-1])``, as the original's ``net(x)``."""
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]] | Tensor:
+        """``(final_logits [B, C], [ic_logits_l [B, C] for l in 0..G-1])``, as the original's ``net(x)``, while no
+        configuration is set; after :meth:`set_configuration`, the logits ``[B, C]`` of that exit policy
+        (:meth:`forward_configuration`)."""
+        if self.configuration is not None:
+            return self.forward_configuration(x)
         return self.forward_head(self.forward_features(x))
+
+    # ---------------------------------------------------------------------------------------- configurations
+    def configurations(self) -> list[str]:
+        """The exit policies by name (cheapest first): ``exit 0`` ... ``exit G-1`` (every sample leaves at that IC),
+        ``final`` (every sample runs all blocks and the final head) and ``gated`` (the learned gates decide)."""
+        return [f"exit {level}" for level in range(self.num_exits)] + ["final", "gated"]
+
+    def set_configuration(self, name: str | None) -> None:
+        """From now on ``model(x)`` runs exit policy ``name`` and returns its logits ``[B, C]``; ``None`` restores
+        the all-exits forward of training and evaluation (the original's ``net(x)``). An unknown name is a
+        ``ConfigurationError``."""
+        if name is not None:
+            check_configuration(self, name)
+        self.configuration = name
+
+    def forward_exit(self, x: Tensor, level: int) -> Tensor:
+        """Every sample leaves at exit ``level`` (``num_exits``: the final head): the blocks up to it, the shared
+        norm on the CLS token and that exit's classifier; no gate runs, nothing after the exit is computed."""
+        tokens = self.embed(x)
+        for block in self.blocks[:level + 1]:
+            tokens = block(tokens)
+        head = self.head if level == self.num_exits else self.intermediate_heads[level]
+        return head(self.normed_cls(tokens))
+
+    def forward_configuration(self, x: Tensor) -> Tensor:
+        """The logits ``[B, C]`` of the configuration set (:meth:`configurations`); ``gated`` runs
+        :func:`jeidnn.dynn.early_exit_forward` (samples leave the batch at their exit, Sec. 3.3) and keeps each
+        sample's exit in ``exit_level``."""
+        name = self.configuration
+        if name == "gated":
+            logits, self.exit_level = early_exit_forward(self, x)
+            return logits
+        level = self.num_exits if name == "final" else int(name.removeprefix("exit "))
+        self.exit_level = None
+        return self.forward_exit(x, level)
 
     def gate_logits(self, ic_logits: list[Tensor]) -> list[Tensor]:
         """Gate ``l`` on IC ``l``'s logits: pre-sigmoid ``[B, 1]`` (``unc``) or the logits unchanged (``identity``)."""
