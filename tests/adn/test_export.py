@@ -27,8 +27,10 @@ def _swin(version: int) -> SwinTransformerADN:
 
 
 def _vit() -> VisionTransformerADN:
-    return VisionTransformerADN(image_size=32, patch_size=8, num_layers=6, num_heads=2, hidden_dim=32, mlp_dim=64,
-                                num_classes=10)
+    model = VisionTransformerADN(image_size=32, patch_size=8, num_layers=6, num_heads=2, hidden_dim=32, mlp_dim=64,
+                                 num_classes=10)
+    torch.nn.init.normal_(model.heads.head.weight, std=0.5)  # torchvision's zero-initialised head would hide the rest
+    return model
 
 
 def _depths(full: tuple[int, ...], base: tuple[int, ...], cfg: str) -> list[int]:
