@@ -24,6 +24,7 @@ from typing import Any
 
 import pandas as pd
 
+from benchmarks.speed import format_table as speed_table
 from benchmarks.tables import VERDICT_RULE, machine_info, markdown, markdown_table, write_csv
 from common.errors import ArgumentParser, UserError, run_cli
 
@@ -136,27 +137,15 @@ def speed_rows(output_dir: Path) -> list[dict[str, str]]:
     return _rows(path) if path.is_file() else []
 
 
-def format_speed_table(rows: Sequence[dict[str, str]]) -> str:
-    """img/s, realised vs ideal speed-up (with the spread over rounds), their ratio and the target."""
-    body = [[r["paper"], r["model"], r["config"], r["batch_size"],
-             f"{float(r['images_per_s']):.1f} ({float(r['images_per_s_low']):.1f}-{float(r['images_per_s_high']):.1f})",
-             f"{float(r['realised_speedup']):.2f}x", f"{float(r['ideal_speedup']):.2f}x",
-             f"{float(r['efficiency']):.2f}", r["target"] or "-", r["meets_target"] or "-", r["realised"] or ""]
-            for r in rows]
-    return markdown_table(["paper", "model", "configuration", "batch", "img/s (slowest-fastest round)",
-                           "realised speed-up", "ideal (MAC ratio)", "realised / ideal", "target", "meets",
-                           "realised behaviour"], body)
-
-
 def speed_header(rows: Sequence[dict[str, str]], output_dir: Path) -> str:
     r = rows[0]
     report = output_dir / "speed.md"
     lines = report.read_text().splitlines() if report.is_file() else []
     command = next((line for line in lines if line.startswith("Command: ")), "")
     text = (f"Device {r['device']}, {r['threads']} torch thread(s), median of {r['repeats']} interleaved runs after "
-            "warm-up; realised speed-up = img/s of the configuration / img/s of the static full model of its row "
-            "group, in the same process; ideal = the static model's MACs / the configuration's "
-            "(common.flops.count_macs, on the same images).")
+            "warm-up; realised = img/s of the configuration / img/s of the full static model of its group, in the "
+            "same process; ideal = the full static model's MACs / the configuration's (common.flops.count_macs, on "
+            "the same images); dynamic / export = img/s of the configuration / img/s of its static export.")
     return f"{command}. {text}" if command else text
 
 
@@ -236,12 +225,11 @@ def build_report(output_dir: Path, command: str, outcomes: Sequence[Any] | None 
     if speed:
         lines += [f"{h}# Speed: measured against ideal (`benchmarks/speed.py`)", "",
                   speed_header(speed, output_dir), "",
-                  format_speed_table(speed), ""]
+                  speed_table(speed), ""]
         short = [r for r in speed if r.get("profile")]
         if short:
             lines += ["Below target, where the time goes (`torch.profiler` on the same images):", ""]
-            lines += [f"- {r['model']} {r['config']}, batch {r['batch_size']} ({float(r['efficiency']):.2f} of "
-                      f"ideal): {r['profile']}" for r in short] + [""]
+            lines += [f"- {r['model']} {r['config']}, batch {r['batch_size']}: {r['profile']}" for r in short] + [""]
         if (output_dir / "speed.png").is_file():
             lines += [f"![speed]({link_prefix}speed.png)", ""]
     return "\n".join(lines)
@@ -284,9 +272,11 @@ def update_readme(readme: Path, output_dir: Path, command: str, outcomes: Sequen
     intro = ("`make demo` (`python -m benchmarks.run_all --update-readme`; its wall clock is the last row of the "
              "runs table) runs every paper's table (computational columns against the paper) and proxy experiments "
              "(the paper's claims measured on embedded real data through the subprojects' entry points, with a "
-             "verdict per claim) and a short speed stage, and writes "
+             "verdict per claim), and writes "
              f"`{prefix}claims.csv`, `{prefix}proxies.csv`, each paper's reports, CSVs and plots and "
-             f"`{prefix}README.md`; `make speed` (`python -m benchmarks.speed`) runs the complete speed benchmark. "
+             f"`{prefix}README.md`; `make speed` (`python -m benchmarks.speed`) times every configuration of every "
+             f"dynamic model against its static export and its MAC ratio into `{prefix}speed.*` and refreshes this "
+             "section. "
              "This section is generated from those files by `python -m benchmarks.report --update-readme` (or "
              "`run_all --update-readme`); the files in `results/` are committed with it.")
     head, _, rest = section.partition("\n")

@@ -1,15 +1,17 @@
-"""All five papers in one command (``make demo``): every table, every proxy, a short speed stage, the report.
+"""All five papers in one command (``make demo``): every table, every proxy, the report.
 
 Each stage is a benchmark script's ``main(argv) -> int``, called as ``python -m <module> argv`` would: per paper
 its ``benchmarks/<paper>_table.py`` (the paper's computational columns, exit 1 on drift) and its
 ``benchmarks/proxies/*.py`` (the paper's claims measured on embedded data through the subproject's entry points,
-with a verdict per claim), then ``benchmarks/speed.py --quick``. With ``--jobs N`` (default 2, the cores of the
-machine the demo is sized for) the tables and proxies run in N worker processes of one torch thread each, longest
-first (by the seconds of the previous run in ``runs.csv``), each stage's output in ``<output-dir>/logs/``; small
-models train faster as two one-thread processes than as one two-thread process, and one thread keeps every run
-bit-reproducible. The speed stage always runs last and alone. A stage that fails is reported and the others
-still run; the exit code is then 1. The proxies' ``<name>_claims.csv`` and ``<name>_proxies.csv`` are gathered
-into ``claims.csv`` and ``proxies.csv``, and :mod:`benchmarks.report` writes ``README.md`` in the output folder.
+with a verdict per claim), and with ``--speed`` then ``benchmarks/speed.py`` (``make speed`` runs it on its own: it
+times every configuration, longer than the rest of the demo, and the report includes its last results). With
+``--jobs N`` (default 2, the cores of the machine the demo is sized for) the tables and proxies run in N worker
+processes of one torch thread each, longest first (by the seconds of the previous run in ``runs.csv``), each
+stage's output in ``<output-dir>/logs/``; small models train faster as two one-thread processes than as one
+two-thread process, and one thread keeps every run bit-reproducible. The speed stage always runs last and alone. A
+stage that fails is reported and the others still run; the exit code is then 1. The proxies' ``<name>_claims.csv``
+and ``<name>_proxies.csv`` are gathered into ``claims.csv`` and ``proxies.csv``, and :mod:`benchmarks.report`
+writes ``README.md`` in the output folder.
 
     python -m benchmarks.run_all                          # what `make demo` runs (under 15 min on 2 CPU cores)
     python -m benchmarks.run_all --full --only adn,dsnet  # the longer schedules (more seeds) of two papers
@@ -255,8 +257,9 @@ def get_args_parser() -> ArgumentParser:
                              "this process with the default threads (default: %(default)s)")
     parser.add_argument("--proxies", action=argparse.BooleanOptionalAction, default=True,
                         help="run the proxy experiments (default: on)")
-    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=True,
-                        help="time the selected papers' models with benchmarks/speed.py (default: on)")
+    parser.add_argument("--speed", action=argparse.BooleanOptionalAction, default=False,
+                        help="also time the selected papers' models with benchmarks/speed.py (--quick unless --full; "
+                             "default: off, `make speed` runs it)")
     parser.add_argument("--output-dir", default="results", help="where every report goes (default: %(default)s)")
     parser.add_argument("--update-readme", action="store_true",
                         help="also rewrite the '## Results' section of --readme from the results")
