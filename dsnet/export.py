@@ -17,7 +17,7 @@ from torch import nn
 
 from common.configurations import ConfigurationError, check_exportable, fold_batchnorm
 from dsnet.models.blocks import DSDepthwiseSeparable, MultiHeadGate
-from dsnet.models.dyn_slim_net import MICRO_BATCH, DSNet, micro_batched
+from dsnet.models.dyn_slim_net import MICRO_BATCH_PIXELS, DSNet, micro_batched
 from dsnet.models.ops import DSBatchNorm2d
 
 __all__ = ["StaticDSNet", "StaticSeparable", "StaticSqueezeExcite", "exportable", "to_static"]
@@ -63,13 +63,13 @@ class StaticDSNet(nn.Module):
 
     ``choices_cfg`` is the supernet's (:data:`dsnet.models.CHOICES_CFGS`): it gives the layers, kernels, strides
     and the SE's reduced width (fixed by the widest input of each block, as in the supernet). As the supernet, it
-    runs the stem and the first ``trunk_stages`` stages in micro-batches of ``micro_batch`` images in evaluation
-    mode (:func:`~dsnet.models.dyn_slim_net.micro_batched`; 0: the whole batch at once).
+    runs the stem and the first ``trunk_stages`` stages in micro-batches of ``micro_batch_pixels`` input pixels in
+    evaluation mode (:func:`~dsnet.models.dyn_slim_net.micro_batched`; 0: the whole batch at once).
     """
 
     def __init__(self, choices_cfg: Sequence[Sequence], widths: Sequence[int], num_classes: int = 1000,
                  in_chans: int = 3, se_ratio: float = 0.25, act_layer: type[nn.Module] = nn.SiLU,
-                 trunk_stages: int = 3, micro_batch: int = MICRO_BATCH):
+                 trunk_stages: int = 3, micro_batch_pixels: int = MICRO_BATCH_PIXELS):
         super().__init__()
         from timm.layers import make_divisible
 
@@ -78,7 +78,7 @@ class StaticDSNet(nn.Module):
                              f"got {list(widths)}")
         _, _, kernel_size, stride = choices_cfg[0]
         self.widths = list(widths)
-        self.trunk_stages, self.micro_batch = trunk_stages, micro_batch
+        self.trunk_stages, self.micro_batch_pixels = trunk_stages, micro_batch_pixels
         padding = ((stride - 1) + (kernel_size - 1)) // 2
         self.stem = nn.Sequential(nn.Conv2d(in_chans, widths[0], kernel_size, stride, padding, bias=False),
                                   nn.BatchNorm2d(widths[0]), act_layer(inplace=True))
@@ -101,7 +101,7 @@ class StaticDSNet(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = micro_batched(self.forward_trunk, x, 0 if self.training else self.micro_batch)
+        x = micro_batched(self.forward_trunk, x, 0 if self.training else self.micro_batch_pixels)
         for stage in self.blocks[self.trunk_stages:]:
             x = stage(x)
         return self.head(x)
@@ -158,7 +158,7 @@ def to_static(model: DSNet, configuration: str, *, fold_bn: bool = False) -> nn.
     finally:
         model.set_mode(mode, choice)
     static = StaticDSNet(model.choices_cfg, widths, model.num_classes, model.conv_stem.in_channels,
-                         model.se_ratio, type(model.act1), model.gate_stage, model.micro_batch)
+                         model.se_ratio, type(model.act1), model.gate_stage, model.micro_batch_pixels)
     with torch.no_grad():
         _copy_conv(static.stem[0], model.conv_stem)
         _copy_bn(static.stem[1], model.bn1)

@@ -25,7 +25,7 @@ from common.configurations import check_configuration
 from dsnet.models.blocks import DSStage, MultiHeadGate
 from dsnet.models.ops import DSAdaptiveAvgPool2d, DSBatchNorm2d, DSConv2d, DSLinear
 
-__all__ = ["CHOICES_CFGS", "MICRO_BATCH", "MODES", "DSNet", "micro_batched"]
+__all__ = ["CHOICES_CFGS", "MICRO_BATCH_PIXELS", "MODES", "DSNet", "micro_batched"]
 
 MODES = ("largest", "smallest", "uniform", "dynamic")
 
@@ -51,19 +51,22 @@ CHOICES_CFGS = {
 }
 
 
-# images per micro-batch of the high-resolution stages in evaluation (forward_trunk; dsnet/README.md, Speed)
-MICRO_BATCH = 4
+# input pixels per micro-batch of the high-resolution stages in evaluation: 4 images at 224 px (forward_trunk)
+MICRO_BATCH_PIXELS = 4 * 224 * 224
 
 
-def micro_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, size: int) -> torch.Tensor:
-    """``fn(x)`` computed on micro-batches of ``size`` images (``size`` 0: at once), concatenated.
+def micro_batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """``fn(x)`` computed on micro-batches of images ``x`` ``[B, C, H, W]`` of about ``pixels`` input pixels
+    (``pixels // (H W)`` images, at least 1; ``pixels`` 0: the whole batch at once), concatenated.
 
     Only for per-sample computations (batch norm in evaluation mode). The stem and first stages of the network
     work at 112 to 28 px: at batch 32 their activations (up to 141 MB at the largest widths) overflow the CPU's
     caches, and their memory-bound operators (depthwise convolutions, batch norm, Swish, the SE product) then run
-    at the speed of main memory; in micro-batches of 4 images they stay in cache.
+    at the speed of main memory; in micro-batches of 4 images at 224 px they stay in cache. Small images (the
+    32 px proxies) fit as a whole batch and are not split (splitting only adds calls).
     """
-    if size <= 0 or x.size(0) <= size:
+    size = max(1, pixels // (x.size(-2) * x.size(-1)))
+    if pixels <= 0 or x.size(0) <= size:
         return fn(x)
     return torch.cat([fn(part) for part in x.split(size)])
 
@@ -112,7 +115,7 @@ class DSNet(nn.Module):
         self.num_choices = len(self.blocks[self.gate_stage].first_block.out_channels_list)
         self.routing_space = tuple(range(4))
         self.gate_noise = True
-        self.micro_batch = MICRO_BATCH
+        self.micro_batch_pixels = MICRO_BATCH_PIXELS
         self.set_mode("largest")
 
     # ---------------------------------------------------------------------------------------------- modes
@@ -176,13 +179,13 @@ class DSNet(nn.Module):
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """The stem and the stages before the gate stage (112 to 28 px), in evaluation mode in micro-batches of
-        ``micro_batch`` images (:func:`micro_batched`)."""
+        ``micro_batch_pixels`` input pixels (:func:`micro_batched`)."""
         def trunk(x: torch.Tensor) -> torch.Tensor:
             x = self.forward_stem(x)
             for stage, choice in zip(self.blocks[:self.gate_stage], self.stage_choices, strict=False):
                 x = stage(x, choice)
             return x
-        return micro_batched(trunk, x, 0 if self.training else self.micro_batch)
+        return micro_batched(trunk, x, 0 if self.training else self.micro_batch_pixels)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Static modes: every stage at its width."""

@@ -101,7 +101,7 @@ class T2TModule(nn.Module):
         self.project = nn.Linear(token_dim * 3 * 3, embed_dim)
         self.grid_size = self.token_grid(img_size, img_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.micro_batch = 4
+        self.micro_batch_pixels = 4 * 224 * 224
 
     @staticmethod
     def token_grid(height: int, width: int) -> tuple[int, int]:
@@ -112,13 +112,14 @@ class T2TModule(nn.Module):
         return height, width
 
     def forward(self, x: Tensor) -> Tensor:
-        """In evaluation mode the images go through in micro-batches of ``micro_batch`` (every step here acts per
-        image): at batch 32 the 56x56 and 28x28 token grids (up to 59 MB) overflow the CPU's caches, and the
-        memory-bound soft-split copies and LayerNorms ran 1.3x slower than in micro-batches of 4 (jeidnn/README.md,
-        Speed)."""
-        if self.training or self.micro_batch <= 0 or x.size(0) <= self.micro_batch:
+        """In evaluation mode the images go through in micro-batches of about ``micro_batch_pixels`` input pixels
+        (4 images at 224 px; every step here acts per image): at batch 32 the 56x56 and 28x28 token grids (up to
+        59 MB) overflow the CPU's caches, and the memory-bound soft-split copies and LayerNorms ran 1.3x slower than
+        in micro-batches of 4 (jeidnn/README.md). Small images fit as a whole batch and are not split."""
+        size = max(1, self.micro_batch_pixels // (x.size(-2) * x.size(-1)))
+        if self.training or self.micro_batch_pixels <= 0 or x.size(0) <= size:
             return self.forward_tokens(x)
-        return torch.cat([self.forward_tokens(part) for part in x.split(self.micro_batch)])
+        return torch.cat([self.forward_tokens(part) for part in x.split(size)])
 
     def forward_tokens(self, x: Tensor) -> Tensor:
         """Images ``[B, C, H, W]`` to tokens ``[B, N, embed_dim]``."""

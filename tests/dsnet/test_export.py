@@ -17,7 +17,8 @@ TINY = "slimmable_mbnet_v1_bn_uniform_tiny"
 
 @pytest.fixture(scope="module")
 def model():
-    """The tiny supernet with random BN statistics and affines at every width, in evaluation mode."""
+    """The tiny supernet with random BN statistics and affines at every width, in evaluation mode, its trunk run
+    in micro-batches of 4 images."""
     torch.manual_seed(0)
     model = create_model(TINY, num_classes=10)
     with torch.no_grad():
@@ -28,16 +29,17 @@ def model():
                 if bn.affine:
                     bn.weight.uniform_(0.5, 1.5)
                     bn.bias.uniform_(-0.5, 0.5)
+    model.micro_batch_pixels = 4 * 32 * 32  # micro-batches of 4 images at 32 px, as of 4 at 224 px by default
     return model.eval()
 
 
 @pytest.mark.parametrize("name", ["0", "1", "6", "13", "largest"])
 def test_export_equals_the_sub_network(model, name):
-    x = torch.randn(6, 3, 32, 32)  # 6 > micro_batch: the trunk runs in two micro-batches in both
+    x = torch.randn(6, 3, 32, 32)  # two micro-batches of the trunk in both (the fixture's micro_batch_pixels)
     model.set_configuration("dynamic")
     exported = to_static(model, name)
     assert model.mode == "dynamic"  # the given model is left as it was
-    assert isinstance(exported, StaticDSNet)
+    assert isinstance(exported, StaticDSNet) and exported.micro_batch_pixels == 4 * 32 * 32
     assert not any(isinstance(m, (DSConv2d, DSBatchNorm2d)) for m in exported.modules())
     model.set_configuration(name)
     with torch.no_grad():

@@ -11,6 +11,7 @@ import dsnet.models.blocks as blocks
 from common.configurations import ConfigurationError
 from dsnet.madds import executed_macs, madds, mode_widths
 from dsnet.models import DSBatchNorm2d, create_model
+from dsnet.models.dyn_slim_net import MICRO_BATCH_PIXELS
 
 TINY = "slimmable_mbnet_v1_bn_uniform_tiny"
 
@@ -159,15 +160,23 @@ def test_gumbel_noise_makes_routes_stochastic(tiny):
 
 
 def test_micro_batched_trunk_equals_the_whole_batch(tiny):
-    """In evaluation the stem and stages 0-2 run in micro-batches of 4 images: the same logits as at once."""
+    """In evaluation the stem and stages 0-2 run in micro-batches (here of 2 images): the same logits as at once;
+    32 px images are not split by default."""
     x = torch.randn(11, 3, 32, 32)
     with torch.no_grad():
         for name in ("0", "13", "largest", "dynamic"):
             tiny.set_configuration(name)
-            tiny.micro_batch = 4
+            tiny.micro_batch_pixels = 2 * 32 * 32
             chunked = tiny(x)
-            tiny.micro_batch = 0
+            tiny.micro_batch_pixels = 0
             torch.testing.assert_close(chunked, tiny(x), atol=1e-5, rtol=1e-5)
+    tiny.micro_batch_pixels = MICRO_BATCH_PIXELS
+    calls = []
+    tiny.blocks[0].register_forward_hook(lambda module, args, out: calls.append(out.size(0)))
+    with torch.no_grad():
+        tiny(x)
+        tiny(torch.randn(9, 3, 224, 224))
+    assert calls == [11, 4, 4, 1]
 
 
 def test_kept_slices_follow_the_weights(tiny):

@@ -42,7 +42,7 @@ def test_configurations_and_their_forward(model):
 
 @pytest.mark.parametrize("name", ["exit 0", "exit 3", "final"])
 def test_export_equals_the_forced_exit(model, name):
-    x = torch.randn(6, 3, 32, 32)  # 6 > micro_batch: the T2T module runs in two micro-batches in both
+    x = torch.randn(6, 3, 32, 32)
     exported = to_static(model, name)
     depth = 7 if name == "final" else int(name.split()[1]) + 1
     assert isinstance(exported, StaticT2TViT) and len(exported.blocks) == depth
@@ -104,16 +104,21 @@ def test_calibrated_gates_send_the_asked_fractions(model):
 
 
 def test_micro_batched_tokens_equal_the_whole_batch(model):
-    """In evaluation the T2T module runs in micro-batches of 4 images: the same tokens as at once."""
+    """In evaluation the T2T module runs in micro-batches (here of 4 images): the same tokens as at once."""
     x = torch.randn(9, 3, 32, 32)
     t2t = model.tokens_to_token
-    with torch.no_grad():
-        chunked = t2t(x)
-        t2t.micro_batch = 0
-        try:
-            torch.testing.assert_close(chunked, t2t(x), atol=1e-6, rtol=1e-6)
-        finally:
-            t2t.micro_batch = 4
+    calls = []
+    handle = t2t.attention1.register_forward_hook(lambda module, args, out: calls.append(out.size(0)))
+    try:
+        with torch.no_grad():
+            whole = t2t(x)  # 32 px: not split by default
+            t2t.micro_batch_pixels = 4 * 32 * 32
+            chunked = t2t(x)
+        torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+        assert calls == [9, 4, 4, 1]
+    finally:
+        t2t.micro_batch_pixels = 4 * 224 * 224
+        handle.remove()
 
 
 def test_calibrated_gates_default_to_equal_shares(model):
