@@ -11,6 +11,7 @@ with the supernet's layer names, ``head``), so the export runs no slicing and no
 from __future__ import annotations
 
 from collections.abc import Sequence
+from itertools import islice
 
 import torch
 from torch import nn
@@ -96,13 +97,13 @@ class StaticDSNet(nn.Module):
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for stage in self.blocks[:self.trunk_stages]:
+        for stage in islice(self.blocks, self.trunk_stages):
             x = stage(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = micro_batched(self.forward_trunk, x, 0 if self.training else self.micro_batch_pixels)
-        for stage in self.blocks[self.trunk_stages:]:
+        for stage in islice(self.blocks, self.trunk_stages, None):
             x = stage(x)
         return self.head(x)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -182,7 +183,7 @@ class DSNet(nn.Module):
         ``micro_batch_pixels`` input pixels (:func:`micro_batched`)."""
         def trunk(x: torch.Tensor) -> torch.Tensor:
             x = self.forward_stem(x)
-            for stage, choice in zip(self.blocks[:self.gate_stage], self.stage_choices, strict=False):
+            for stage, choice in zip(islice(self.blocks, self.gate_stage), self.stage_choices, strict=False):
                 x = stage(x, choice)
             return x
         return micro_batched(trunk, x, 0 if self.training else self.micro_batch_pixels)
@@ -190,7 +191,8 @@ class DSNet(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Static modes: every stage at its width."""
         x = self.forward_trunk(x)
-        for stage, choice in zip(self.blocks[self.gate_stage:], self.stage_choices[self.gate_stage:], strict=True):
+        for stage, choice in zip(islice(self.blocks, self.gate_stage, None), self.stage_choices[self.gate_stage:],
+                                 strict=True):
             x = stage(x, choice)
         return x
 
@@ -216,7 +218,7 @@ class DSNet(nn.Module):
         if torch.is_grad_enabled():
             x = gated.forward_post_gate(x, route)
             x = self.blocks[self.gate_stage].forward_rest(x, route)
-            for stage in self.blocks[self.gate_stage + 1:]:
+            for stage in islice(self.blocks, self.gate_stage + 1, None):
                 x = stage(x, route)
             return self.forward_head(x)
         logits = x.new_empty(x.size(0), self.num_classes)
@@ -226,7 +228,7 @@ class DSNet(nn.Module):
                 continue
             y = gated.forward_post_gate(x[rows], gated.out_channels_list[choice])
             y = self.blocks[self.gate_stage].forward_rest(y, choice)
-            for stage in self.blocks[self.gate_stage + 1:]:
+            for stage in islice(self.blocks, self.gate_stage + 1, None):
                 y = stage(y, choice)
             logits[rows] = self.forward_head(y)
         return logits

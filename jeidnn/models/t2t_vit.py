@@ -12,6 +12,7 @@ strictly (``../shared/reference/jeidnn/manifest_*.json``).
 from __future__ import annotations
 
 import math
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -281,7 +282,7 @@ class T2TViT(nn.Module):
         """Every sample leaves at exit ``level`` (``num_exits``: the final head): the blocks up to it, the shared
         norm on the CLS token and that exit's classifier; no gate runs, nothing after the exit is computed."""
         tokens = self.embed(x)
-        for block in self.blocks[:level + 1]:
+        for block in islice(self.blocks, level + 1):  # (slicing a ModuleList builds a new one)
             tokens = block(tokens)
         head = self.head if level == self.num_exits else self.intermediate_heads[level]
         return head(self.normed_cls(tokens))
