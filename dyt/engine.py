@@ -60,7 +60,7 @@ def make_scaler(device: torch.device) -> torch.amp.GradScaler:
     return torch.amp.GradScaler(device.type, enabled=device.type == "cuda")
 
 
-def _progress(iterable: Iterable, desc: str) -> tqdm:
+def progress_bar(iterable: Iterable, desc: str) -> tqdm:
     return tqdm(iterable, desc=desc, disable=not is_main_process(), leave=False, dynamic_ncols=True)
 
 
@@ -94,7 +94,7 @@ def train_one_epoch(
     totals = dict.fromkeys(("loss", *LOSS_PARTS), 0.0)
     seen, lr, start = 0, 0.0, time.time()
     optimizer.zero_grad(set_to_none=True)
-    bar = _progress(loader, f"Epoch {epoch}")
+    bar = progress_bar(loader, f"Epoch {epoch}")
     for step, (images, targets) in enumerate(bar):
         if step % accum_iter == 0:
             lr = adjust_learning_rate(optimizer, epoch + step / num_batches, args)
@@ -131,7 +131,7 @@ def flops_counter(model: nn.Module) -> Callable[[dict[str, Any]], torch.Tensor]:
     return partial(sample_flops, model)
 
 
-def _topk_correct(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> list[float]:
+def topk_correct(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1, 5)) -> list[float]:
     maxk = min(max(topk), logits.shape[1])
     hits = logits.topk(maxk, dim=1).indices.eq(targets.unsqueeze(1))
     return [hits[:, : min(k, maxk)].any(dim=1).sum().item() for k in topk]
@@ -164,13 +164,13 @@ def evaluate(
     layer_sum: torch.Tensor | None = None
     hits = torch.zeros(nb_classes, dtype=torch.float64)
     counts = torch.zeros(nb_classes, dtype=torch.float64)
-    for images, targets in _progress(loader, desc):
+    for images, targets in progress_bar(loader, desc):
         images, targets = images.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast(device):
             logits, aux = model(images)
         logits = logits.float()
         loss_sum += ce(logits, targets).item()
-        top1, top5 = _topk_correct(logits, targets)
+        top1, top5 = topk_correct(logits, targets)
         correct1, correct5 = correct1 + top1, correct5 + top5
         pred, cpu_targets = logits.argmax(dim=1).cpu(), targets.cpu()
         counts += torch.bincount(cpu_targets, minlength=nb_classes)[:nb_classes].double()

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from common.distributed import all_reduce_sum
-from dyt.engine import _progress, _topk_correct, autocast
+from dyt.engine import autocast, progress_bar, topk_correct
 from dyt.flops import GIGA, LN_PER_ELEMENT, complete_flops, layer_rates, sample_flops, uniform_rate_flops
 
 VIT_B_GFLOPS = 17.6  # the original's "Rate = flops / 17.6": ViT-B/16 on one 224x224 image
@@ -81,7 +81,7 @@ def evaluate_video(model: nn.Module, loader: Iterable, device: torch.device, des
     videos = clips = frames = 0
     layer_sum: torch.Tensor | None = None
     views = 0
-    for clips_batch, targets in _progress(loader, desc):
+    for clips_batch, targets in progress_bar(loader, desc):
         if clips_batch.dim() != 6:
             raise ValueError(f"evaluate_video needs [B, V, 3, T, H, W] views, got {tuple(clips_batch.shape)}")
         b, views, _, t = clips_batch.shape[:4]
@@ -90,7 +90,7 @@ def evaluate_video(model: nn.Module, loader: Iterable, device: torch.device, des
             logits, aux = model(clips_batch.flatten(0, 1))
         logits = logits.float().view(b, views, -1).mean(dim=1)
         loss_sum += ce(logits, targets).item()
-        top1, top5 = _topk_correct(logits, targets)
+        top1, top5 = topk_correct(logits, targets)
         correct1, correct5 = correct1 + top1, correct5 + top5
         select = aux["token_select"]  # [B*V*T, L, N-1, 1]
         per_layer = layer_rates(select).double().cpu() * select.shape[0]
