@@ -426,19 +426,23 @@ class DynamicNet(nn.Module):
     ``["dynamic"]`` for DY-Conv. ``set_configuration(name)`` puts every dynamic layer in that form.
     """
 
+    def dynamic_modules(self) -> list[tuple[str, nn.Module]]:
+        """The dynamic layers the model's configuration and temperature reach."""
+        return dynamic_layers(self)
+
     def configurations(self) -> list[str]:
-        forms = [layer.forms for _, layer in dynamic_layers(self)]
+        forms = [layer.forms for _, layer in self.dynamic_modules()]
         return [name for name in (forms[0] if forms else ()) if all(name in f for f in forms)]
 
     def set_configuration(self, name: str) -> None:
         check_configuration(self, name)
-        for _, layer in dynamic_layers(self):
+        for _, layer in self.dynamic_modules():
             layer.form = name
 
     @property
     def configuration(self) -> str | None:
         """The form the dynamic layers run (None without dynamic layers or when they differ)."""
-        forms = {layer.form for _, layer in dynamic_layers(self)}
+        forms = {layer.form for _, layer in self.dynamic_modules()}
         return forms.pop() if len(forms) == 1 else None
 
     @property
@@ -448,7 +452,7 @@ class DynamicNet(nn.Module):
     @temperature.setter
     def temperature(self, value: float) -> None:
         self.__dict__["_temperature"] = float(value)
-        for _, layer in dynamic_layers(self):
+        for _, layer in self.dynamic_modules():
             layer.temperature = float(value)
 
     def update_temperature(self, temperature: float) -> None:

@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.configurations import ConfigurationError, check_configuration
+from common.configurations import ConfigurationError
 from padnet.dyconv.layers import INITIAL_TEMPERATURE, DynamicNet, check_lambda, scale_factors
 
 __all__ = ["MIN_ATTENTION_CHANNELS", "REDUCTION", "DeployedODConv2d_PAD", "ODAttention", "ODAttention_PAD",
@@ -484,30 +484,8 @@ class ODNet(DynamicNet):
     ODConv-PAD model (cheapest first; ``"training"`` is the default) and ``["dynamic"]`` for ODConv.
     """
 
-    def configurations(self) -> list[str]:
-        forms = [layer.forms for _, layer in od_layers(self)]
-        return [name for name in (forms[0] if forms else ()) if all(name in f for f in forms)]
-
-    def set_configuration(self, name: str) -> None:
-        check_configuration(self, name)
-        for _, layer in od_layers(self):
-            layer.form = name
-
-    @property
-    def configuration(self) -> str | None:
-        """The form the ODConv layers run (None when they differ)."""
-        forms = {layer.form for _, layer in od_layers(self)}
-        return forms.pop() if len(forms) == 1 else None
-
-    @property
-    def temperature(self) -> float:
-        return self.__dict__.get("_temperature", INITIAL_TEMPERATURE)
-
-    @temperature.setter
-    def temperature(self, value: float) -> None:
-        self.__dict__["_temperature"] = float(value)
-        for _, layer in od_layers(self):
-            layer.temperature = float(value)
+    def dynamic_modules(self) -> list[tuple[str, nn.Module]]:
+        return od_layers(self)
 
 
 def deploy(model: nn.Module) -> nn.Module:
