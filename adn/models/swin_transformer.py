@@ -31,17 +31,23 @@ from adn.models.skip import AdaptiveDepthMixin, SkippableSequential
 LayerNorm = partial(nn.LayerNorm, eps=1e-5)
 
 
+def add_skip_norms(block: nn.Module, skippable: bool, skip_aware_norms: bool) -> None:
+    """Give a mandatory block (of a stage with skip-aware norms) its ``norm1_skip`` / ``norm2_skip``, the norms it
+    runs in skip mode."""
+    block.skippable = skippable
+    block.has_skip_norms = not skippable and skip_aware_norms
+    if block.has_skip_norms:
+        dim = block.norm1.normalized_shape[0]
+        block.norm1_skip = LayerNorm(dim)
+        block.norm2_skip = LayerNorm(dim)
+
+
 class SwinTransformerBlock(TorchvisionSwinBlock):
     """(Shifted-)window attention + MLP; mandatory blocks switch to ``norm{1,2}_skip`` in skip mode."""
 
     def __init__(self, *args, skippable: bool = False, skip_aware_norms: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.skippable = skippable
-        self.has_skip_norms = not skippable and skip_aware_norms
-        if self.has_skip_norms:
-            dim = self.norm1.normalized_shape[0]
-            self.norm1_skip = LayerNorm(dim)
-            self.norm2_skip = LayerNorm(dim)
+        add_skip_norms(self, skippable, skip_aware_norms)
 
     def forward(self, x: torch.Tensor, skip: bool = False) -> torch.Tensor:
         if skip and self.has_skip_norms:
@@ -57,12 +63,7 @@ class SwinTransformerBlockV2(TorchvisionSwinBlockV2):
 
     def __init__(self, *args, skippable: bool = False, skip_aware_norms: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.skippable = skippable
-        self.has_skip_norms = not skippable and skip_aware_norms
-        if self.has_skip_norms:
-            dim = self.norm1.normalized_shape[0]
-            self.norm1_skip = LayerNorm(dim)
-            self.norm2_skip = LayerNorm(dim)
+        add_skip_norms(self, skippable, skip_aware_norms)
 
     def forward(self, x: torch.Tensor, skip: bool = False) -> torch.Tensor:
         if skip and self.has_skip_norms:
