@@ -245,21 +245,28 @@ def run(args: argparse.Namespace, info: DistInfo, data_fn, vtab: bool = False) -
         print_main(f"number of params (M): {logged / 1e6:.2f} (trainable in all: {n_trainable:,})")
         print_main(f"actual lr: {args.lr:.2e}, weight decay {args.weight_decay:g}, effective batch size "
                    f"{eff_batch_size}")
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                      weight_decay=args.weight_decay)
-        scaler = make_scaler(info.device)
-        state = {"max_metric": 0.0, "best": {}}
-        if args.resume:
-            checkpoint = resume(args.resume, model, optimizer=optimizer, scaler=scaler,
-                                restore_rng=not info.distributed)
-            args.start_epoch = checkpoint["epoch"] + 1
-            state = {"max_metric": float(checkpoint.get("max_metric", 0.0)), "best": checkpoint.get("best", {})}
-            if info.distributed:  # every rank gets its own stream again (the file holds rank 0's RNG state)
-                seed_everything(args.seed + args.start_epoch)
-            print_main(f"Resumed from {args.resume} (epoch {checkpoint['epoch']}); continuing at epoch "
-                       f"{args.start_epoch}")
+        optimizer, scaler, state = training_state_from(model, args, info)
         net = wrap_ddp(model, info)
         return _train(net, model, criterion, optimizer, scaler, splits, flops_fn, state, args, info, tracker)
+
+
+def training_state_from(model: nn.Module, args: argparse.Namespace, info: DistInfo
+                        ) -> tuple[torch.optim.Optimizer, Any, dict[str, Any]]:
+    """AdamW over the trainable tensors, the AMP scaler and the best-so-far state, resumed from ``--resume`` when
+    given (``args.start_epoch`` set to the next epoch)."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                  weight_decay=args.weight_decay)
+    scaler = make_scaler(info.device)
+    state = {"max_metric": 0.0, "best": {}}
+    if args.resume:
+        checkpoint = resume(args.resume, model, optimizer=optimizer, scaler=scaler, restore_rng=not info.distributed)
+        args.start_epoch = checkpoint["epoch"] + 1
+        state = {"max_metric": float(checkpoint.get("max_metric", 0.0)), "best": checkpoint.get("best", {})}
+        if info.distributed:  # every rank gets its own stream again (the file holds rank 0's RNG state)
+            seed_everything(args.seed + args.start_epoch)
+        print_main(f"Resumed from {args.resume} (epoch {checkpoint['epoch']}); continuing at epoch "
+                   f"{args.start_epoch}")
+    return optimizer, scaler, state
 
 
 def _eval_metrics(stats: dict[str, Any], prefix: str = "") -> dict[str, float]:

@@ -28,17 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
-from common.checkpoint import resume, save_checkpoint
+from common.checkpoint import save_checkpoint
 from common.config import add_config_argument, finite_float, non_negative_float, parse_args_with_config
 from common.data import build_loader, set_epoch
 from common.distributed import DistInfo, is_main_process, print_main, run_distributed, seed_everything, wrap_ddp
 from common.errors import ArgumentParser, UserError, run_cli
 from common.tracking import Tracker, start_tracking
 from dyt.data import canonical_name
-from dyt.engine import make_scaler, train_one_epoch
+from dyt.engine import train_one_epoch
 from dyt.losses import DyTLoss
 from dyt.main_image import (
     FINAL_CHECKPOINT,
@@ -53,6 +52,7 @@ from dyt.main_image import (
     model_name,
     output_folder,
     prepare_weights,
+    training_state_from,
 )
 from dyt.models.video_vision_transformer import build_video_model
 from dyt.video_data import VIDEO_CHOICES, VIDEO_DATASETS, ClipSettings, build_video_dataset
@@ -158,19 +158,7 @@ def run(args: argparse.Namespace, info: DistInfo) -> dict[str, Any]:
                    f"{n_trainable:,})")
         print_main(f"actual lr: {args.lr:.2e}, weight decay {args.weight_decay:g}, effective batch size "
                    f"{eff_batch_size}")
-        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=args.lr,
-                                      weight_decay=args.weight_decay)
-        scaler = make_scaler(info.device)
-        state = {"max_metric": 0.0, "best": {}}
-        if args.resume:
-            checkpoint = resume(args.resume, model, optimizer=optimizer, scaler=scaler,
-                                restore_rng=not info.distributed)
-            args.start_epoch = checkpoint["epoch"] + 1
-            state = {"max_metric": float(checkpoint.get("max_metric", 0.0)), "best": checkpoint.get("best", {})}
-            if info.distributed:  # every rank gets its own stream again (the file holds rank 0's RNG state)
-                seed_everything(args.seed + args.start_epoch)
-            print_main(f"Resumed from {args.resume} (epoch {checkpoint['epoch']}); continuing at epoch "
-                       f"{args.start_epoch}")
+        optimizer, scaler, state = training_state_from(model, args, info)
         train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
                                     seed=args.seed, drop_last=False,
                                     pin_memory=args.pin_mem and info.device.type == "cuda")
